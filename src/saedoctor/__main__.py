@@ -1,0 +1,3 @@
+from saedoctor.cli import main
+
+main()
