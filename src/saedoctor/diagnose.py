@@ -104,6 +104,7 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, 
         batch_size=opts.batch_size,
         max_tokens=opts.tokens,
         include_special=opts.include_special,
+        name=opts.corpus,
     )
     sites = {u.sae.site for u in units}
     totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}

@@ -38,7 +38,8 @@ class SAEConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise InputError(
-                f"SAE architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}"
+                f"SAE architecture {self.architecture!r}: "
+                f"expected one of {', '.join(ARCHITECTURES)}"
             )
         if self.d_in <= 0 or self.d_sae <= 0:
             raise InputError(f"SAE shape d_in={self.d_in}, d_sae={self.d_sae}: expected positive")
@@ -135,7 +136,15 @@ class SAE(nn.Module):
     def load_weights(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Copy `tensors` in after checking names, shapes and finiteness; errors name `source`."""
         if "threshold" in tensors and self.threshold is None:
-            self.set_threshold(tensors["threshold"])
+            t = tensors["threshold"]
+            if t.numel() not in (1, self.cfg.d_sae):
+                raise InputError(
+                    f"{source}: tensor threshold has shape {tuple(t.shape)}, "
+                    f"expected () or ({self.cfg.d_sae},)"
+                )
+            self.set_threshold(t)
+            # A global (scalar) threshold was just broadcast to one per feature.
+            tensors = {**tensors, "threshold": self.threshold.detach()}
         expected = self.state_dict()
         missing = sorted(set(expected) - set(tensors))
         if missing:
@@ -144,7 +153,8 @@ class SAE(nn.Module):
             t = tensors[name]
             if tuple(t.shape) != tuple(ref.shape):
                 raise InputError(
-                    f"{source}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
+                    f"{source}: tensor {name} has shape {tuple(t.shape)}, "
+                    f"expected {tuple(ref.shape)}"
                 )
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise InputError(f"{source}: tensor {name} contains NaN or Inf values")

@@ -36,6 +36,7 @@ def site_activations(
         context=context,
         batch_size=batch_size,
         max_tokens=tokens,
+        name=corpus,
     )
     stream = (sb.acts[site] for sb in site_batches(loaded.model, [site], batches, device))
     return stream, loaded.d_model, loaded.name
@@ -73,7 +74,8 @@ def train_default_sae(path: Path, device: str = "cpu", quiet: bool = False) -> P
     stderr_console.print(
         f"[bold]No cached default SAE[/]: training a TopK SAE (layer {defaults.DEFAULT_LAYER} "
         f"{defaults.DEFAULT_SITE_KIND}, x{defaults.DEFAULT_EXPANSION}, k={defaults.DEFAULT_K}) "
-        f"on {defaults.DEFAULT_TRAIN_CORPUS}, {defaults.DEFAULT_TRAIN_TOKENS:,} tokens → {path}"
+        f"on {defaults.DEFAULT_TRAIN_CORPUS} (one pass, at most "
+        f"{defaults.DEFAULT_TRAIN_TOKENS:,} tokens) → {path}"
     )
     site = Site(defaults.DEFAULT_LAYER, defaults.DEFAULT_SITE_KIND)
     cfg = QuickTrainConfig(expansion_factor=defaults.DEFAULT_EXPANSION, k=defaults.DEFAULT_K)

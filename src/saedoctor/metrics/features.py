@@ -1,0 +1,114 @@
+"""Per-feature firing statistics: density, always-on / dense / dead features, L0.
+
+Counts are exact int64; activation sums are float64. On sparse (top-k) codes the hot path
+is a `bincount` over the indices of positive values, so no `[n, d_sae]` tensor is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saedoctor.metrics._state import check_codes, export, follow_device, restore
+from saedoctor.sae.codes import Codes
+
+_STATE = ("fire_count", "act_sum", "tokens", "nonzero")
+
+
+def positive_entries(codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature ids and values of every activation `> 0` (flat, any order)."""
+    if codes.indices is not None:
+        mask = codes.values > 0
+        return codes.indices[mask], codes.values[mask]
+    # nonzero() keeps memory at O(n * L0) instead of a float64 copy of the dense codes.
+    rows, cols = (codes.values > 0).nonzero(as_tuple=True)
+    return cols, codes.values[rows, cols]
+
+
+class FeatureStats:
+    """Streaming, mergeable per-feature statistics (SPEC §2: density … l0)."""
+
+    def __init__(
+        self,
+        d_sae: int,
+        always_on_threshold: float = 0.80,
+        dense_threshold: float = 0.10,
+        dead_threshold: float = 0.0005,
+    ) -> None:
+        if d_sae <= 0:
+            raise ValueError(f"d_sae={d_sae}: expected positive")
+        self.d_sae = d_sae
+        self.always_on_threshold = float(always_on_threshold)
+        self.dense_threshold = float(dense_threshold)
+        self.dead_threshold = float(dead_threshold)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.tokens = torch.zeros((), dtype=torch.int64)
+        self.nonzero = torch.zeros((), dtype=torch.int64)
+
+    @property
+    def config(self) -> tuple[int, float, float, float]:
+        return (self.d_sae, self.always_on_threshold, self.dense_threshold, self.dead_threshold)
+
+    @torch.no_grad()
+    def update(self, codes: Codes) -> None:
+        check_codes(codes, self.d_sae)
+        follow_device(self, _STATE, codes.values.device)
+        feats, vals = positive_entries(codes)
+        self.fire_count += torch.bincount(feats, minlength=self.d_sae)
+        self.act_sum += torch.bincount(feats, weights=vals.double(), minlength=self.d_sae)
+        self.tokens += codes.n_tokens
+        # l0 counts f != 0 (SPEC), which differs from "fired" only for negative codes.
+        self.nonzero += torch.count_nonzero(codes.values)
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        if other.config != self.config:
+            raise ValueError(f"cannot merge FeatureStats {other.config} into {self.config}")
+        dev = self.fire_count.device
+        self.fire_count += other.fire_count.to(dev)
+        self.act_sum += other.act_sum.to(dev)
+        self.tokens += other.tokens.to(dev)
+        self.nonzero += other.nonzero.to(dev)
+        return self
+
+    def density(self) -> torch.Tensor:
+        """`[d_sae]` float64 firing frequency."""
+        return self.fire_count.double().cpu() / self._n_tokens()
+
+    def compute(self) -> dict[str, Any]:
+        n = self._n_tokens()
+        count = self.fire_count.cpu()
+        density = count.double() / n
+        mean_act = self.act_sum.cpu() / count.clamp(min=1).double()
+        dead = density < self.dead_threshold
+        return {
+            "density": density,
+            "always_on_features": self._always_on(count, density),
+            "always_on_count": int((density > self.always_on_threshold).sum()),
+            "dense_count": int((density > self.dense_threshold).sum()),
+            "dead_count": int(dead.sum()),
+            "dead_pct": 100.0 * float(dead.sum()) / self.d_sae,
+            "never_fired_count": int((count == 0).sum()),
+            "tokens_seen": n,
+            "l0": int(self.nonzero) / n,
+            "mean_activation_when_active": mean_act,
+        }
+
+    def _always_on(self, count: torch.Tensor, density: torch.Tensor) -> list[int]:
+        ids = torch.nonzero(density > self.always_on_threshold).flatten().tolist()
+        counts = count.tolist()
+        # Sort on the exact integer counts so equal densities tie-break by id.
+        return sorted(ids, key=lambda i: (-counts[i], i))
+
+    def _n_tokens(self) -> int:
+        n = int(self.tokens)
+        if n == 0:
+            raise ValueError("no tokens seen: feature statistics are undefined")
+        return n
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        return export(self, _STATE, prefix)
+
+    def load_state_dict(self, d: dict[str, torch.Tensor], prefix: str = "") -> None:
+        restore(self, _STATE, prefix, d)

@@ -1,0 +1,1 @@
+"""One module per SAE file format: `detect(path) -> bool` and `load(path) -> RawSAE`."""

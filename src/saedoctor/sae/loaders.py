@@ -1,0 +1,225 @@
+"""Load SAEs of every supported format (SPEC §8) into `SAE`; save the native format.
+
+Formats plug in through `register_loader(name, detect, load)`: `detect(path)` says whether a
+file or folder is in that format, `load(path)` returns a `RawSAE` with SPEC §1 tensor names.
+`load_sae` then applies the site / dtype / device choices shared by every format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from saedoctor.errors import InputError
+from saedoctor.sae.formats import dictionary_learning, goodfire, native, sparsify
+from saedoctor.sae.formats.base import RawSAE
+from saedoctor.sae.model import SAE, SAEConfig, build_sae
+from saedoctor.sae.site import SITE_KINDS, Site, parse_hook_name
+
+LoadFn = Callable[[Path], RawSAE]
+DetectFn = Callable[[Path], bool]
+
+LOADERS: dict[str, LoadFn] = {}
+DETECTORS: dict[str, DetectFn] = {}
+EXPECTED: dict[str, str] = {}
+
+RELEASE_FORMAT = "saelens_release"
+_RELEASE_ID = re.compile(r"^(?P<release>[A-Za-z0-9][\w.\-]*):(?P<sae_id>[^:/\\].*)$")
+_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def register_loader(
+    name: str, detect: DetectFn, load: LoadFn, *, expects: str | None = None
+) -> None:
+    """Add (or replace) a format; `expects` describes its files for error messages."""
+    LOADERS[name] = load
+    DETECTORS[name] = detect
+    EXPECTED[name] = expects or name
+
+
+for _module, _name in (
+    (native, "native"),
+    (sparsify, "sparsify"),
+    (dictionary_learning, "dictionary_learning"),
+    (goodfire, "goodfire"),
+):
+    register_loader(_name, _module.detect, _module.load, expects=_module.EXPECTS)
+
+
+def save_sae(sae: SAE, directory: str | Path) -> Path:
+    """Write `sae` as `cfg.json` + `sae_weights.safetensors` (SAELens 6 layout), atomically."""
+    return native.save(sae, directory)
+
+
+def detect_format(path: str | Path) -> str:
+    """The format name of `path` (a registered format, or "saelens_release" for release:id)."""
+    return _resolve(Path(path), str(path))[0]
+
+
+def load_sae(
+    path: str | Path,
+    *,
+    layer: int | None = None,
+    site: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    format: str | None = None,
+) -> SAE:
+    """Load an SAE from any supported format.
+
+    `layer` / `site` (a kind like "mlp_out" or a hook name like "blocks.3.hook_mlp_out")
+    override the config's site; without any layer, `cfg.site` stays None. `dtype` defaults to
+    float32 (float64 when stored so): half-precision weights are widened, never rounded.
+    """
+    spec = str(path)
+    fmt, target = _resolve(Path(path), spec) if format is None else _explicit(format, Path(path))
+    raw = _load_release(spec) if fmt == RELEASE_FORMAT else _read(fmt, target)
+    source = spec if fmt == RELEASE_FORMAT else str(target)
+    return _build(raw, fmt, source, layer=layer, site=site, device=device, dtype=dtype)
+
+
+# -- finding the format -------------------------------------------------------------------
+def _matching(path: Path) -> str | None:
+    return next((name for name, detect in DETECTORS.items() if detect(path)), None)
+
+
+def _resolve(path: Path, spec: str) -> tuple[str, Path]:
+    if not path.exists():
+        if _RELEASE_ID.match(spec):
+            return RELEASE_FORMAT, path
+        raise InputError(f"{path}: no such file or directory; expected an SAE file or folder")
+    if fmt := _matching(path):
+        return fmt, path
+    # A file inside an SAE folder (cfg.json, ae.pt, ...) stands for its folder.
+    if path.is_file() and (fmt := _matching(path.parent)):
+        return fmt, path.parent
+    if path.is_dir():
+        subs = sorted(d for d in path.iterdir() if d.is_dir() and _matching(d))
+        if len(subs) == 1:
+            return _resolve(subs[0], str(subs[0]))
+        if subs:
+            names = ", ".join(d.name for d in subs)
+            raise InputError(
+                f"{path}: holds {len(subs)} SAEs ({names}); pass one of them, e.g. {subs[0]}"
+            )
+    raise InputError(f"{path}: unknown SAE format; expected {_expected_text()}")
+
+
+def _explicit(fmt: str, path: Path) -> tuple[str, Path]:
+    if fmt == RELEASE_FORMAT:
+        if not _RELEASE_ID.match(str(path)):
+            raise InputError(f"{path}: expected a SAELens release id like release:sae_id")
+        return fmt, path
+    if fmt not in LOADERS:
+        names = ", ".join([*LOADERS, RELEASE_FORMAT])
+        raise InputError(f"SAE format {fmt!r} for {path}: expected one of {names}")
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory; expected {EXPECTED[fmt]}")
+    if not DETECTORS[fmt](path) and path.is_file() and DETECTORS[fmt](path.parent):
+        path = path.parent
+    if not DETECTORS[fmt](path):
+        raise InputError(f"{path}: not a {fmt} SAE; expected {EXPECTED[fmt]}")
+    return fmt, path
+
+
+def _expected_text() -> str:
+    return "; or ".join(EXPECTED.values()) + "; or a SAELens release id (release:sae_id)"
+
+
+# -- reading ------------------------------------------------------------------------------
+def _read(fmt: str, target: Path) -> RawSAE:
+    try:
+        return LOADERS[fmt](target)
+    except InputError as e:
+        if str(target) in str(e):
+            raise
+        raise InputError(f"{target}: {e}") from e
+    # A malformed file surfaces as whatever the format code tripped on; the user needs one
+    # line naming the file, not a traceback.
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, OSError) as e:
+        raise InputError(f"{target}: could not read {fmt} SAE ({type(e).__name__}: {e})") from e
+
+
+def _load_release(spec: str) -> RawSAE:
+    """A SAELens pretrained release id: SAELens downloads, we convert its config and weights."""
+    m = _RELEASE_ID.match(spec)
+    assert m is not None  # _resolve only routes matching ids here
+    try:
+        from sae_lens import SAE as SAELensSAE
+    except ImportError as e:
+        raise InputError(
+            f"{spec}: no such path; SAELens release ids (release:sae_id) need sae-lens installed"
+        ) from e
+    release, sae_id = m.group("release"), m.group("sae_id")
+    try:
+        loaded = SAELensSAE.from_pretrained(release, sae_id, device="cpu")
+    except Exception as e:  # network, unknown id, auth: all one line for the user
+        raise InputError(f"{spec}: SAELens could not load release {release!r} ({e})") from e
+    if isinstance(loaded, tuple):  # SAELens < 6 returned (sae, cfg, sparsity)
+        loaded = loaded[0]
+    state = {k: v.detach().cpu() for k, v in loaded.state_dict().items()}
+    raw = native.from_saelens_dict(loaded.cfg.to_dict(), state, spec)
+    raw.metadata.update(saelens_release=release, saelens_sae_id=sae_id)
+    return raw
+
+
+# -- building -----------------------------------------------------------------------------
+def _site(base: Site | None, layer: int | None, site: str | None) -> Site | None:
+    kind, site_layer = None, None
+    if site is not None:
+        if parsed := parse_hook_name(site):
+            kind, site_layer = parsed.kind, parsed.layer
+        elif site in SITE_KINDS:
+            kind = site
+        else:
+            raise InputError(
+                f"site {site!r}: expected one of {', '.join(SITE_KINDS)} "
+                "or a hook name like blocks.3.hook_resid_post"
+            )
+    if layer is None:
+        layer = site_layer if site_layer is not None else (base.layer if base else None)
+    if layer is None:
+        return None
+    return Site(layer, kind or (base.kind if base else "resid_post"))
+
+
+def _dtype(dtype: str | None, tensors: dict[str, torch.Tensor]) -> str:
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        if name not in _DTYPES:
+            raise InputError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+        return name
+    # Metrics need at least float32; float64 weights were stored so on purpose.
+    stored = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    return "float64" if torch.float64 in stored else "float32"
+
+
+def _build(
+    raw: RawSAE, fmt: str, source: str, *, layer: int | None, site: str | None, device: str,
+    dtype: str | None,
+) -> SAE:
+    metadata = {**raw.metadata, "source_format": fmt, "source_path": source}
+    try:
+        cfg = SAEConfig(
+            architecture=raw.architecture,
+            d_in=raw.d_in,
+            d_sae=raw.d_sae,
+            k=raw.k,
+            apply_b_dec_to_input=raw.apply_b_dec_to_input,
+            site=_site(raw.site, layer, site),
+            model_name=raw.model_name,
+            dtype=_dtype(dtype, raw.tensors),
+            metadata=metadata,
+        )
+        sae = build_sae(cfg, raw.tensors, source)
+    except InputError as e:
+        if source in str(e):
+            raise
+        raise InputError(f"{source}: {e}") from e
+    try:
+        return sae.to(device)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise InputError(f"device {device!r} for {source}: cannot place the SAE there ({e})") from e

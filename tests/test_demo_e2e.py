@@ -1,0 +1,53 @@
+"""`saedoctor diagnose` with no arguments: the embedded default, end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saedoctor.defaults import cache_dir
+
+
+@pytest.mark.slow
+def test_no_argument_diagnose_trains_caches_and_reports(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Reuse the converted model if this machine has it; the SAE is always trained afresh here.
+    models = cache_dir() / "models"
+    if models.is_dir():
+        (cache / "models").symlink_to(models)
+    env = {**os.environ, "SAEDOCTOR_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "saedoctor", "diagnose", "--out", str(tmp_path / "run.json")]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "variance explained" in first.stdout
+    report = json.loads((tmp_path / "run.json").read_text())
+    (entry,) = report["saes"]
+    assert entry["site"]["hook_name"] == "blocks.10.hook_resid_post"
+    assert entry["config"]["d_sae"] == 576 * 8 and entry["config"]["k"] == 32
+    assert report["run"]["corpus"] == "python-docs@test"
+    assert report["run"]["model"]["name"] == "SmolLM2-135M-Instruct"
+    m = entry["metrics"]
+    # A trained TopK SAE: exactly k active features unless a top-k value is 0, and it
+    # reconstructs far better than chance on held-out text.
+    assert 28 <= m["l0"] <= 32
+    assert m["variance_explained"] > 0.5
+    assert entry["config"]["metadata"]["training_corpus"] == "python-docs@train"
+    # The second run reuses the cached SAE instead of training again.
+    second = subprocess.run(
+        [*cmd, "--json", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "No cached default SAE" not in second.stderr
+    again = json.loads(second.stdout)
+    assert again["saes"][0]["metrics"]["l0"] == pytest.approx(m["l0"], rel=1e-12)

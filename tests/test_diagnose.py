@@ -1,0 +1,152 @@
+"""The diagnose pipeline end to end on a tiny local model, against independent computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import random_sae, saved_sae
+from saedoctor.diagnose import DiagnoseOptions, diagnose
+from saedoctor.sae.site import Site
+
+
+def _opts(model_dir: Path, corpus: Path, saes: list[Path], **kw) -> DiagnoseOptions:
+    base = dict(
+        model=str(model_dir),
+        saes=[str(p) for p in saes],
+        corpus=str(corpus),
+        tokens=512,
+        context=32,
+        batch_size=4,
+        quiet=True,
+    )
+    base.update(kw)
+    return DiagnoseOptions(**base)
+
+
+def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
+    tiny_llama_dir, text_corpus, tmp_path, monkeypatch
+):
+    import saedoctor.activations.model as model_mod
+
+    calls: dict[str, int] = {}
+    original = model_mod.load_model
+
+    def counting_load(*args, **kwargs):
+        loaded = original(*args, **kwargs)
+        inner = loaded.model.model
+        modules = {"embed": inner.embed_tokens, "lm_head": loaded.model.lm_head, "norm": inner.norm}
+        modules.update({f"block{i}": blk for i, blk in enumerate(inner.layers)})
+        for name, mod in modules.items():
+            calls[name] = 0
+            mod.register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+        return loaded
+
+    monkeypatch.setattr(model_mod, "load_model", counting_load)
+    saes = [
+        saved_sae(tmp_path / "l0", random_sae(64, 256, site=Site(0, "resid_post"))),
+        saved_sae(tmp_path / "l1", random_sae(64, 256, site=Site(1, "mlp_out"), seed=1)),
+        saved_sae(tmp_path / "l2", random_sae(64, 256, site=Site(2, "resid_pre"), seed=2)),
+    ]
+    report = diagnose(_opts(tiny_llama_dir, text_corpus, saes))
+    n_batches = report["run"]["sequences"] // 4 + (report["run"]["sequences"] % 4 > 0)
+    assert n_batches == 4  # 512 tokens / 32 context / 4 per batch
+    assert calls["embed"] == n_batches
+    assert calls["block0"] == calls["block1"] == n_batches
+    # resid_pre of block 2 is read before block 2 runs: blocks 2, 3, the norm and lm_head never run
+    assert calls["block2"] == calls["block3"] == calls["norm"] == calls["lm_head"] == 0
+    assert [e["site"]["hook_name"] for e in report["saes"]] == [
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_mlp_out",
+        "blocks.2.hook_resid_pre",
+    ]
+
+
+def _reference_activations(model_dir: Path, opts: DiagnoseOptions, layer: int):
+    """Counted-token resid_post activations from HF hidden_states, computed independently."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from saedoctor.activations.batches import token_batches
+    from saedoctor.activations.corpus import iter_documents
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows, seqs, offset = [], [], 0
+    for batch in token_batches(
+        tok,
+        iter_documents(opts.corpus),
+        context=opts.context,
+        batch_size=opts.batch_size,
+        max_tokens=opts.tokens,
+    ):
+        with torch.no_grad():
+            hs = model(batch.input_ids, output_hidden_states=True).hidden_states[layer + 1]
+        special = torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
+        counted = ~torch.isin(batch.input_ids, special)
+        assert torch.equal(counted, batch.counted)
+        rows.append(hs[counted].double())
+        seq = torch.arange(batch.input_ids.shape[0])[:, None].expand_as(counted)[counted]
+        seqs.append(seq + offset)
+        offset += batch.input_ids.shape[0]
+    return torch.cat(rows), torch.cat(seqs)
+
+
+def test_pipeline_metrics_match_naive_reference(tiny_llama_dir, text_corpus, tmp_path):
+    sae = random_sae(64, 512, architecture="relu", site=Site(1), seed=3)
+    path = saved_sae(tmp_path / "relu", sae)
+    opts = _opts(tiny_llama_dir, text_corpus, [path])
+    report = diagnose(opts)
+    m = report["saes"][0]["metrics"]
+    x, _ = _reference_activations(tiny_llama_dir, opts, 1)
+    sae.requires_grad_(False)
+    pre = (x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
+    f = torch.relu(pre)
+    x_hat = f @ sae.W_dec.double() + sae.b_dec.double()
+    n = x.shape[0]
+    assert m["tokens_seen"] == n == report["run"]["tokens_counted"]
+    ve = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert m["variance_explained"] == pytest.approx(float(ve), rel=1e-5)
+    assert m["l0"] == pytest.approx(float((f != 0).sum(1).double().mean()), rel=1e-5)
+    density = (f > 0).double().mean(0)
+    assert m["dead_count"] == int((density < 0.0005).sum())
+    assert m["mse"] == pytest.approx(float(((x - x_hat) ** 2).sum(1).mean()), rel=1e-4)
+
+
+def test_cached_activations_give_same_metrics_without_model(tiny_llama_dir, text_corpus, tmp_path):
+    from safetensors.torch import save_file
+
+    sae = random_sae(64, 256, site=Site(1), seed=4)
+    path = saved_sae(tmp_path / "topk", sae)
+    opts = _opts(tiny_llama_dir, text_corpus, [path])
+    x, _ = _reference_activations(tiny_llama_dir, opts, 1)
+    save_file({"activations": x.float().contiguous()}, str(tmp_path / "acts.safetensors"))
+    report = diagnose(
+        DiagnoseOptions(
+            saes=[str(path)], activations=str(tmp_path / "acts.safetensors"), quiet=True
+        )
+    )
+    entry = report["saes"][0]
+    assert report["run"]["model"] is None
+    assert entry["metrics"]["tokens_seen"] == x.shape[0]
+    assert "loss_recovered" in entry["not_measured"]
+    with torch.no_grad():
+        x_hat, codes = sae(x.float())
+    ve = 1 - ((x - x_hat.double()) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert entry["metrics"]["variance_explained"] == pytest.approx(float(ve), rel=1e-5)
+
+
+def test_report_is_valid_json_with_run_metadata(tiny_llama_dir, text_corpus, tmp_path):
+    from saedoctor.report.document import read_report, write_report
+
+    path = saved_sae(tmp_path / "s", random_sae(64, 256, site=Site(0)))
+    report = diagnose(_opts(tiny_llama_dir, text_corpus, [path]))
+    out = write_report(report, tmp_path / "run.json")
+    again = read_report(out)
+    assert again["schema"] == "saedoctor.report/1"
+    assert again["run"]["versions"]["torch"] == torch.__version__
+    assert again["run"]["tokens_processed"] == 512
+    assert len(again["saes"][0]["feature_density"]) == 256
+    json.loads(out.read_text())
