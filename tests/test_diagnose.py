@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import random_sae, saved_sae
+
 from saedoctor.diagnose import DiagnoseOptions, diagnose
 from saedoctor.sae.site import Site
 
@@ -51,7 +51,8 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
         saved_sae(tmp_path / "l1", random_sae(64, 256, site=Site(1, "mlp_out"), seed=1)),
         saved_sae(tmp_path / "l2", random_sae(64, 256, site=Site(2, "resid_pre"), seed=2)),
     ]
-    report = diagnose(_opts(tiny_llama_dir, text_corpus, saes))
+    # No feature can pass a threshold of 1.0, so no explanation pass adds forwards here.
+    report = diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0))
     n_batches = report["run"]["sequences"] // 4 + (report["run"]["sequences"] % 4 > 0)
     assert n_batches == 4  # 512 tokens / 32 context / 4 per batch
     assert calls["embed"] == n_batches

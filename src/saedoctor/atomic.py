@@ -18,6 +18,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -28,3 +29,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_json(path: str | Path, document: Any) -> Path:
     text = json.dumps(document, indent=1, allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode())
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; give reports the permissions a plain open() would.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -36,6 +36,29 @@ def handled_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+FAIL_LEVELS = ("poor", "warning")
+
+
+def should_fail(document: dict, level: str | None) -> bool:
+    """`poor`: any SAE graded poor. `warning`: also any warning/critical metric or diagnosis."""
+    if level is None:
+        return False
+    for entry in document["saes"]:
+        grading = entry.get("grading") or {}
+        if grading.get("grade") == "poor":
+            return True
+        if level == "warning" and any(
+            d.get("severity") in ("warning", "critical") for d in entry.get("diagnoses", [])
+        ):
+            return True
+    return False
+
+
+def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise InputError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+
+
 @app.command()
 def diagnose(
     sae: Annotated[
@@ -62,6 +85,10 @@ def diagnose(
             ".parquet file or dir, or an HF dataset id"
         ),
     ] = defaults.DEFAULT_EVAL_CORPUS,
+    compare_corpus: Annotated[
+        str | None,
+        typer.Option(help="evaluate the same SAEs on a second corpus: training-data mismatch"),
+    ] = None,
     text_field: Annotated[str, typer.Option(help="text column of jsonl/parquet/HF data")] = "text",
     tokens: Annotated[int, typer.Option(help="tokens to stream")] = defaults.DEFAULT_EVAL_TOKENS,
     context: Annotated[int, typer.Option(help="sequence length")] = defaults.DEFAULT_CONTEXT,
@@ -78,45 +105,130 @@ def diagnose(
     always_on_threshold: Annotated[
         float, typer.Option(help="density above which a feature is always-on")
     ] = 0.80,
+    explain_tokens: Annotated[
+        int, typer.Option(help="tokens examined for always-on features' strongest/weakest tokens")
+    ] = 16_384,
+    policy: Annotated[
+        str | None, typer.Option(help="TOML file overriding the grading thresholds")
+    ] = None,
+    fail_on: Annotated[
+        str | None, typer.Option(help="exit 1 when an SAE is graded poor | has warnings")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="report JSON path")] = Path("run.json"),
+    md: Annotated[Path | None, typer.Option("--md", help="also write Markdown here")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="also write HTML here")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="print the report JSON to stdout")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
-    """Measure every health metric of one or more SAEs in one streaming pass."""
+    """Measure, grade and explain one or more SAEs in one streaming pass."""
     from saedoctor.diagnose import DiagnoseOptions
     from saedoctor.diagnose import diagnose as run_diagnose
     from saedoctor.report.document import write_report
-    from saedoctor.report.terminal import print_report
 
     with handled_errors():
+        _check_choice("--fail-on", fail_on, FAIL_LEVELS)
         opts = DiagnoseOptions(
-            model=model,
-            saes=list(sae or []),
-            layer=layer,
-            site=site,
-            corpus=corpus,
-            text_field=text_field,
-            tokens=tokens,
-            context=context,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            activations=activations,
-            include_special=include_special,
-            always_on_threshold=always_on_threshold,
-            seed=seed,
-            quiet=quiet,
-        )
+            model=model, saes=list(sae or []), layer=layer, site=site, corpus=corpus,
+            compare_corpus=compare_corpus, text_field=text_field, tokens=tokens,
+            context=context, batch_size=batch_size, device=device, dtype=dtype,
+            activations=activations, include_special=include_special,
+            always_on_threshold=always_on_threshold, explain_tokens=explain_tokens,
+            policy=policy, seed=seed, quiet=quiet,
+        )  # fmt: skip
         document = run_diagnose(opts)
         write_report(document, out)
+        _write_views(document, md, html)
         if as_json:
             typer.echo(json.dumps(document, indent=1))
         else:
-            print_report(document)
+            _print_terminal(document)
             typer.echo(f"report: {out}")
+    if should_fail(document, fail_on):
+        raise typer.Exit(1)
+
+
+def _write_views(document: dict, md: Path | None, html: Path | None) -> None:
+    from saedoctor.atomic import atomic_write_bytes
+    from saedoctor.report.render import render
+
+    if md is not None:
+        atomic_write_bytes(md, render(document, "md").encode())
+    if html is not None:
+        atomic_write_bytes(html, render(document, "html").encode())
+
+
+def _print_terminal(document: dict) -> None:
+    from saedoctor.report.terminal import print_report
+
+    print_report(document)
+
+
+@app.command()
+def report(
+    run_json: Annotated[Path, typer.Argument(help="a report written by `saedoctor diagnose`")],
+    md: Annotated[Path | None, typer.Option("--md", help="write Markdown here")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="write HTML here")] = None,
+    terminal: Annotated[bool, typer.Option("--terminal", help="print the terminal view")] = False,
+    fail_on: Annotated[
+        str | None, typer.Option(help="exit 1 when an SAE is graded poor | has warnings")
+    ] = None,
+) -> None:
+    """Re-render a report (terminal, Markdown, HTML) from its JSON without recomputing."""
+    from saedoctor.report.document import read_report
+
+    with handled_errors():
+        _check_choice("--fail-on", fail_on, FAIL_LEVELS)
+        document = read_report(run_json)
+        _write_views(document, md, html)
+        if terminal or (md is None and html is None):
+            _print_terminal(document)
+    if should_fail(document, fail_on):
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    reports: Annotated[list[Path], typer.Argument(help="two or more report JSON files")],
+    md: Annotated[Path | None, typer.Option("--md", help="write Markdown here")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="write HTML here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison JSON")] = False,
+) -> None:
+    """SAEs side by side: the layer-by-layer table and the model-vs-model comparison."""
+    from saedoctor.atomic import atomic_write_bytes
+    from saedoctor.report import compare as cmp
+    from saedoctor.report.document import read_report
+
+    with handled_errors():
+        documents = [read_report(p) for p in reports]
+        comparison = cmp.compare_reports(documents, [str(p) for p in reports])
+        if md is not None:
+            atomic_write_bytes(md, cmp.render_compare_markdown(comparison).encode())
+        if html is not None:
+            atomic_write_bytes(html, cmp.render_compare_html(comparison).encode())
+        if as_json:
+            typer.echo(json.dumps(comparison, indent=1))
+        elif md is None and html is None:
+            cmp.render_compare_terminal(comparison)
+
+
+@app.command(name="filter")
+def filter_(
+    run_json: Annotated[Path, typer.Argument(help="a report written by `saedoctor diagnose`")],
+    out: Annotated[Path | None, typer.Option(help="write the filter JSON here")] = None,
+) -> None:
+    """Always-on feature ids per SAE / layer, as JSON for circuit-tracing tools."""
+    from saedoctor.atomic import atomic_write_json
+    from saedoctor.report.document import read_report
+    from saedoctor.report.filter import always_on_filter
+
+    with handled_errors():
+        result = always_on_filter(read_report(run_json))
+        if out is not None:
+            atomic_write_json(out, result)
+        typer.echo(json.dumps(result, indent=1))
 
 
 @app.command()

@@ -1,9 +1,15 @@
-"""The main job: stream activations once, feed every SAE, measure every health metric."""
+"""The main job: stream activations once, feed every SAE, measure every health metric.
+
+Passes: the main one over `corpus` (every metric); a short one over the first batches of the
+same corpus when some SAE has always-on features (their strongest / weakest tokens); and one
+over `compare_corpus` when asked (training-data mismatch). Each pass runs one forward per
+batch for all SAEs, stopping at the deepest block any of them needs.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +20,11 @@ from saedoctor import defaults
 from saedoctor.errors import InputError
 from saedoctor.metrics.suite import MetricSuite
 from saedoctor.progress import token_progress
+from saedoctor.sae.codes import Codes
 from saedoctor.sae.model import SAE
 from saedoctor.sae.site import SITE_KINDS
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 @dataclass
@@ -27,6 +36,7 @@ class DiagnoseOptions:
     layer: int | None = None
     site: str | None = None
     corpus: str = defaults.DEFAULT_EVAL_CORPUS
+    compare_corpus: str | None = None
     text_field: str = "text"
     tokens: int = defaults.DEFAULT_EVAL_TOKENS
     context: int = defaults.DEFAULT_CONTEXT
@@ -36,21 +46,23 @@ class DiagnoseOptions:
     activations: str | None = None
     include_special: bool = False
     always_on_threshold: float = 0.80
+    explain_tokens: int = 16_384
+    policy: str | None = None
     seed: int = 0
     quiet: bool = False
 
     def validate(self) -> None:
-        for name in ("tokens", "context", "batch_size"):
+        for name in ("tokens", "context", "batch_size", "explain_tokens"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')}: expected a positive integer")
         if self.site is not None and self.site not in SITE_KINDS:
             raise InputError(f"--site {self.site!r}: expected one of {', '.join(SITE_KINDS)}")
-        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise InputError(
-                f"--dtype {self.dtype!r}: expected float32, bfloat16, float16 or float64"
-            )
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if not 0 < self.always_on_threshold <= 1:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
+        if self.compare_corpus is not None and self.activations is not None:
+            raise InputError("--compare-corpus needs a model: it cannot be used with --activations")
 
 
 @dataclass
@@ -61,6 +73,10 @@ class SAEUnderTest:
     suite: MetricSuite
 
 
+# A sink receives, per SAE and batch: the unit, x, x̂, codes and the batch's sequence ids.
+Sink = Callable[[SAEUnderTest, torch.Tensor, torch.Tensor, Codes, torch.Tensor], None]
+
+
 def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
     from saedoctor.sae.loaders import load_sae
 
@@ -69,7 +85,11 @@ def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
         sae = load_sae(path, layer=opts.layer, site=opts.site, device=opts.device)
         if sae.site is None and opts.activations is None:
             raise InputError(f"{path}: the SAE's config names no layer; pass --layer (and --site)")
-        units.append(SAEUnderTest(_unit_name(sae, path), str(path), sae, _suite_for(sae, opts)))
+        units.append(SAEUnderTest(_unit_name(sae, path), str(path), sae, new_suite(sae, opts)))
+    names = [u.name for u in units]
+    for i, unit in enumerate(units):
+        if names.count(unit.name) > 1:
+            unit.name = f"{unit.name}#{i}"
     return units
 
 
@@ -78,53 +98,62 @@ def _unit_name(sae: SAE, path: str) -> str:
     return f"{Path(path).name}:{site}"
 
 
-def _suite_for(sae: SAE, opts: DiagnoseOptions) -> MetricSuite:
+def new_suite(sae: SAE, opts: DiagnoseOptions) -> MetricSuite:
     return MetricSuite(sae.cfg.d_in, sae.cfg.d_sae, always_on_threshold=opts.always_on_threshold)
 
 
-@torch.inference_mode()
-def feed(unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor) -> None:
-    x_hat, codes = unit.sae(x)
+def suite_sink(unit: SAEUnderTest, x, x_hat, codes, seq_ids) -> None:
     unit.suite.update(x, x_hat, codes, seq_ids)
 
 
-def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
-    from saedoctor.activations.batches import token_batches
-    from saedoctor.activations.corpus import iter_documents
-    from saedoctor.activations.model import load_model
-    from saedoctor.activations.stream import site_batches
+# -- passes over a model ------------------------------------------------------------------
+@dataclass
+class ModelPass:
+    """One streaming pass of a corpus through the model, feeding every SAE."""
 
-    loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
-    check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
-    documents = iter_documents(opts.corpus, text_field=opts.text_field)
-    batches = token_batches(
-        loaded.tokenizer,
-        documents,
-        context=opts.context,
-        batch_size=opts.batch_size,
-        max_tokens=opts.tokens,
-        include_special=opts.include_special,
-        name=opts.corpus,
-    )
-    sites = {u.sae.site for u in units}
-    totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
-    with token_progress(opts.quiet) as progress:
-        task = progress.add_task("diagnose", total=opts.tokens)
-        for batch in _counting(batches, totals):
-            progress.update(task, advance=batch.input_ids.numel())
-            for sb in site_batches(loaded.model, sites, [batch], opts.device):
-                totals["tokens_counted"] += sb.seq_ids.numel()
-                for unit in units:
-                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids.to(opts.device))
-    model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
-    return {"model": model_info, **totals}
+    loaded: Any
+    opts: DiagnoseOptions
+    units: list[SAEUnderTest]
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
+        from saedoctor.activations.stream import site_batches
+
+        totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
+        sites = {u.sae.site for u in self.units}
+        with token_progress(self.opts.quiet) as progress:
+            task = progress.add_task(label, total=tokens)
+            for batch in self._batches(corpus, tokens):
+                totals["tokens_processed"] += batch.input_ids.numel()
+                totals["sequences"] += batch.input_ids.shape[0]
+                progress.update(task, advance=batch.input_ids.numel())
+                for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
+                    totals["tokens_counted"] += sb.seq_ids.numel()
+                    if keep is not None:
+                        keep(sb)
+                    for unit in self.units:
+                        feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink)
+        return totals
+
+    def _batches(self, corpus: str, tokens: int) -> Iterator:
+        from saedoctor.activations.batches import token_batches
+        from saedoctor.activations.corpus import iter_documents
+
+        return token_batches(
+            self.loaded.tokenizer,
+            iter_documents(corpus, text_field=self.opts.text_field),
+            context=self.opts.context,
+            batch_size=self.opts.batch_size,
+            max_tokens=tokens,
+            include_special=self.opts.include_special,
+            name=corpus,
+        )
 
 
-def _counting(batches: Iterator, totals: dict[str, int]) -> Iterator:
-    for batch in batches:
-        totals["tokens_processed"] += batch.input_ids.numel()
-        totals["sequences"] += batch.input_ids.shape[0]
-        yield batch
+@torch.inference_mode()
+def feed(unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink) -> None:
+    x_hat, codes = unit.sae(x)
+    sink(unit, x, x_hat, codes, seq_ids.to(x.device))
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:
@@ -141,6 +170,134 @@ def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_
             )
 
 
+def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
+    from saedoctor.activations.model import load_model
+
+    loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
+    check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
+    passes = ModelPass(loaded, opts, units)
+    info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
+    _require_tokens(info, opts.corpus)
+    extras: dict[str, Any] = {"explanations": explain_on_model(passes, units)}
+    if opts.compare_corpus:
+        extras["comparisons"] = compare_on_model(passes, units)
+    model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
+    return {"model": model_info, **info, **extras}
+
+
+def _require_tokens(info: dict[str, int], corpus: str) -> None:
+    if info["tokens_counted"] == 0:
+        raise InputError(f"corpus {corpus!r}: no counted tokens (all were special tokens?)")
+
+
+# -- always-on explanations ----------------------------------------------------------------
+def explain_on_model(passes: ModelPass, units: list[SAEUnderTest]) -> dict[str, list]:
+    from saedoctor.metrics.always_on import FeatureExtremes
+
+    targets = {u.name: u.suite.features.compute()["always_on_features"] for u in units}
+    todo = [u for u in units if targets[u.name]]
+    if not todo:
+        return {u.name: [] for u in units}
+    extremes = {u.name: FeatureExtremes(targets[u.name]) for u in todo}
+    log = TokenLog(passes.loaded.tokenizer)
+
+    def sink(unit, x, x_hat, codes, seq_ids) -> None:
+        extremes[unit.name].update(codes)
+
+    sub = ModelPass(passes.loaded, passes.opts, todo)
+    budget = min(passes.opts.explain_tokens, passes.opts.tokens)
+    sub.run(passes.opts.corpus, budget, sink, "explain always-on", keep=log.keep)
+    return {u.name: explanations(u, extremes.get(u.name), log.describe) for u in units}
+
+
+def explanations(unit: SAEUnderTest, extremes, describe) -> list[dict[str, Any]]:
+    from saedoctor.metrics.always_on import attach_tokens, explain_feature
+
+    if extremes is None:
+        return []
+    feats = unit.suite.features
+    density = feats.density()
+    mean_act = feats.act_sum.cpu() / feats.fire_count.cpu().clamp(min=1).double()
+    out = []
+    for j, f in enumerate(extremes.features):
+        item = explain_feature(
+            f,
+            density=float(density[f]),
+            mean_activation=float(mean_act[f]),
+            act_sq_sum=float(feats.act_sq_sum[f]),
+            xhat_sq_sum=float(unit.suite.reconstruction.xhat_sq_sum),
+            W_enc=unit.sae.W_enc,
+            W_dec=unit.sae.W_dec,
+            mean_x=unit.suite.reconstruction.mean_x(),
+        )
+        attach_tokens(item, extremes, j, describe)
+        out.append(item)
+    return out
+
+
+class TokenLog:
+    """Counted tokens of a pass, by global index, so extremes can be shown in context."""
+
+    def __init__(self, tokenizer: Any, before: int = 6, after: int = 2) -> None:
+        self.tokenizer, self.before, self.after = tokenizer, before, after
+        self.batches: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.count = 0
+
+    def keep(self, sb: Any) -> None:
+        self.batches.append((self.count, sb.positions.cpu(), sb.input_ids.cpu()))
+        self.count += sb.positions.numel()
+
+    def describe(self, index: int) -> dict[str, Any]:
+        start, positions, ids = next(b for b in reversed(self.batches) if b[0] <= index)
+        seq, pos = divmod(int(positions[index - start]), ids.shape[1])
+        row = ids[seq].tolist()
+        decode = self.tokenizer.decode
+        token = decode(row[pos : pos + 1])
+        context = (
+            decode(row[max(0, pos - self.before) : pos])
+            + f"[[{token}]]"
+            + decode(row[pos + 1 : pos + 1 + self.after])
+        )
+        return {"token": token, "context": context, "sequence": seq, "position": pos}
+
+
+# -- training-data mismatch ----------------------------------------------------------------
+def compare_on_model(passes: ModelPass, units: list[SAEUnderTest]) -> dict[str, dict]:
+    opts = passes.opts
+    shadows = [SAEUnderTest(u.name, u.path, u.sae, new_suite(u.sae, opts)) for u in units]
+    sub = ModelPass(passes.loaded, opts, shadows)
+    info = sub.run(opts.compare_corpus, opts.tokens, suite_sink, "compare corpus")
+    _require_tokens(info, opts.compare_corpus)
+    return {
+        u.name: corpus_comparison(u, s, opts.compare_corpus, info["tokens_counted"])
+        for u, s in zip(units, shadows, strict=True)
+    }
+
+
+def corpus_comparison(
+    main: SAEUnderTest, other: SAEUnderTest, corpus: str, counted: int
+) -> dict[str, Any]:
+    from saedoctor.metrics.density_shift import density_shift
+
+    # Absorption is a property of the decoder, not of the corpus: not recomputed here.
+    a, b = main.suite.compute(), other.suite.compute()
+    dead = main.suite.features.dead_threshold
+    shift = density_shift(torch.tensor(a["density"]), torch.tensor(b["density"]), dead)
+    metrics = {k: v for k, v in b.items() if k not in _BULKY}
+    deltas = {
+        k: v - a[k]
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and isinstance(a.get(k), int | float)
+    }
+    return {"corpus": corpus, "tokens_counted": counted, "metrics": metrics, "deltas": deltas,
+            **shift}  # fmt: skip
+
+
+_BULKY = ("density", "density_histogram", "mean_activation_when_active", "absorption",
+          "absorption_method", "absorption_features", "absorption_reason")  # fmt: skip
+
+
+# -- cached activations --------------------------------------------------------------------
 def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
     from saedoctor.activations.cached import iter_cached_batches, load_cached_activations
 
@@ -154,57 +311,78 @@ def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict
             )
     counted = 0
     with token_progress(opts.quiet) as progress:
-        n_tokens = acts.numel() // d_in
-        task = progress.add_task("diagnose", total=n_tokens)
+        task = progress.add_task("diagnose", total=acts.numel() // d_in)
         for x, seq_ids in iter_cached_batches(acts, opts.batch_size * opts.context):
             counted += x.shape[0]
             progress.update(task, advance=x.shape[0])
             for unit in units:
-                feed(unit, x.to(opts.device), seq_ids.to(opts.device))
-    return {"model": None, "tokens_processed": counted, "tokens_counted": counted}
+                feed(unit, x.to(opts.device), seq_ids, suite_sink)
+    info = {"model": None, "tokens_processed": counted, "tokens_counted": counted}
+    _require_tokens(info, str(opts.activations))
+    info["explanations"] = {u.name: explanations_without_tokens(u) for u in units}
+    return info
 
 
+def explanations_without_tokens(unit: SAEUnderTest) -> list[dict[str, Any]]:
+    from saedoctor.metrics.always_on import FeatureExtremes
+
+    ids = unit.suite.features.compute()["always_on_features"]
+    items = explanations(unit, FeatureExtremes(ids) if ids else None, lambda i: {})
+    for item in items:  # no tokens without a model: say so instead of showing empty lists
+        item["tokens_examined"] = 0
+        item["tokens_note"] = "cached activations: no token text available"
+    return items
+
+
+# -- the report ----------------------------------------------------------------------------
 NOT_MEASURED_WITHOUT_MODEL = "no language model: evaluated on cached activations"
 NOT_MEASURED_YET = "downstream loss metrics are not measured by this version"
 
 
-def sae_entry(unit: SAEUnderTest, has_model: bool) -> dict[str, Any]:
+def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
     metrics = unit.suite.compute(W_dec=unit.sae.W_dec.detach())
     density = metrics.pop("density")
     histogram = metrics.pop("density_histogram")
-    reason = NOT_MEASURED_YET if has_model else NOT_MEASURED_WITHOUT_MODEL
-    cfg = unit.sae.cfg
-    site = unit.sae.site
+    mean_activation = metrics.pop("mean_activation_when_active")
+    reason = NOT_MEASURED_YET if info["model"] is not None else NOT_MEASURED_WITHOUT_MODEL
     return {
         "name": unit.name,
         "path": unit.path,
-        "config": {
-            "architecture": cfg.architecture,
-            "d_in": cfg.d_in,
-            "d_sae": cfg.d_sae,
-            "k": cfg.k,
-            "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-            "dtype": cfg.dtype,
-            "model_name": cfg.model_name,
-            "metadata": _jsonable(cfg.metadata),
-        },
-        "site": None
-        if site is None
-        else {
-            "layer": site.layer,
-            "kind": site.kind,
-            "hook_name": site.hook_name,
-            "description": site.describe(),
-        },
+        "config": config_entry(unit.sae),
+        "site": site_entry(unit.sae),
         "metrics": metrics,
         "not_measured": {k: reason for k in ("loss_recovered", "kl_score")},
         "grading": None,
         "diagnoses": [],
         "prescriptions": [],
-        "always_on_explanations": [],
+        "always_on_explanations": info.get("explanations", {}).get(unit.name, []),
+        "corpus_comparison": info.get("comparisons", {}).get(unit.name),
         "density_histogram": histogram,
         "feature_density": density,
+        "feature_mean_activation": mean_activation,
     }
+
+
+def config_entry(sae: SAE) -> dict[str, Any]:
+    cfg = sae.cfg
+    return {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "dtype": cfg.dtype,
+        "model_name": cfg.model_name,
+        "metadata": _jsonable(cfg.metadata),
+    }
+
+
+def site_entry(sae: SAE) -> dict[str, Any] | None:
+    site = sae.site
+    if site is None:
+        return None
+    return {"layer": site.layer, "kind": site.kind, "hook_name": site.hook_name,
+            "description": site.describe()}  # fmt: skip
 
 
 def _jsonable(value: Any) -> Any:
@@ -217,15 +395,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def run_metadata(opts: DiagnoseOptions, stream_info: dict[str, Any], seconds: float) -> dict:
+def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) -> dict:
     import platform
 
     import transformers
 
     from saedoctor import __version__
 
-    opt = asdict(opts)
-    opt.pop("quiet")
+    options = asdict(opts)
+    options.pop("quiet")
+    keep = ("model", "tokens_processed", "tokens_counted", "sequences")
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {
@@ -234,19 +413,23 @@ def run_metadata(opts: DiagnoseOptions, stream_info: dict[str, Any], seconds: fl
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
-        "options": opt,
+        "options": options,
         "corpus": None if opts.activations else opts.corpus,
+        "compare_corpus": opts.compare_corpus,
         "activations_file": opts.activations,
         "seed": opts.seed,
         "wall_time_s": round(seconds, 3),
-        **stream_info,
+        **{k: info[k] for k in keep if k in info},
     }
 
 
 def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the diagnosis and return the report document (SPEC §5)."""
+    """Run the diagnosis and return the graded report document (SPEC §5)."""
+    from saedoctor.health import apply_health, load_policy
+
     opts = opts or DiagnoseOptions(**overrides)
     opts.validate()
+    policy = load_policy(opts.policy)  # a bad policy fails before minutes of streaming
     torch.manual_seed(opts.seed)
     if not opts.saes and opts.activations is None:
         opts.saes = [str(ensure_default_sae(opts))]
@@ -258,14 +441,14 @@ def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str,
         info = run_on_activations(opts, units)
     else:
         info = run_on_model(opts, units)
-    if info["tokens_counted"] == 0:
-        raise InputError(f"corpus {opts.corpus!r}: no counted tokens (all were special tokens?)")
-    entries = [sae_entry(u, info["model"] is not None) for u in units]
-    return {
+    document = {
         "schema": "saedoctor.report/1",
-        "run": run_metadata(opts, info, time.perf_counter() - start),
-        "saes": entries,
+        "run": run_metadata(opts, info, 0.0),
+        "saes": [sae_entry(u, info) for u in units],
     }
+    apply_health(document, policy)
+    document["run"]["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return document
 
 
 def ensure_default_sae(opts: DiagnoseOptions) -> Path:

@@ -18,8 +18,8 @@ class SiteBatch:
 
     acts: dict[Site, torch.Tensor]
     seq_ids: torch.Tensor
-    tokens: torch.Tensor
-    n_sequences: int
+    positions: torch.Tensor  # flat index into input_ids of each counted token
+    input_ids: torch.Tensor
 
 
 def counted_rows(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,5 +48,4 @@ def site_batches(
             flat = {
                 site: a.reshape(-1, a.shape[-1])[positions.to(a.device)] for site, a in acts.items()
             }
-            tokens = batch.input_ids.reshape(-1)[positions]
-            yield SiteBatch(flat, seq_ids, tokens, batch.input_ids.shape[0])
+            yield SiteBatch(flat, seq_ids, positions, batch.input_ids)

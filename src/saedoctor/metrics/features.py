@@ -13,7 +13,7 @@ import torch
 from saedoctor.metrics._state import check_codes, export, follow_device, restore
 from saedoctor.sae.codes import Codes
 
-_STATE = ("fire_count", "act_sum", "tokens", "nonzero")
+_STATE = ("fire_count", "act_sum", "act_sq_sum", "tokens", "nonzero")
 
 
 def positive_entries(codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +44,8 @@ class FeatureStats:
         self.dead_threshold = float(dead_threshold)
         self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
+        # Σ f_i² gives each feature's share of the reconstruction energy (always-on reports).
+        self.act_sq_sum = torch.zeros(d_sae, dtype=torch.float64)
         self.tokens = torch.zeros((), dtype=torch.int64)
         self.nonzero = torch.zeros((), dtype=torch.int64)
 
@@ -57,7 +59,9 @@ class FeatureStats:
         follow_device(self, _STATE, codes.values.device)
         feats, vals = positive_entries(codes)
         self.fire_count += torch.bincount(feats, minlength=self.d_sae)
-        self.act_sum += torch.bincount(feats, weights=vals.double(), minlength=self.d_sae)
+        vals = vals.double()
+        self.act_sum += torch.bincount(feats, weights=vals, minlength=self.d_sae)
+        self.act_sq_sum += torch.bincount(feats, weights=vals * vals, minlength=self.d_sae)
         self.tokens += codes.n_tokens
         # l0 counts f != 0 (SPEC), which differs from "fired" only for negative codes.
         self.nonzero += torch.count_nonzero(codes.values)
@@ -68,6 +72,7 @@ class FeatureStats:
         dev = self.fire_count.device
         self.fire_count += other.fire_count.to(dev)
         self.act_sum += other.act_sum.to(dev)
+        self.act_sq_sum += other.act_sq_sum.to(dev)
         self.tokens += other.tokens.to(dev)
         self.nonzero += other.nonzero.to(dev)
         return self

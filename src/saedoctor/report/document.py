@@ -21,6 +21,7 @@ def write_report(document: dict[str, Any], path: str | Path) -> Path:
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
+    """Read → check the schema id → validate, so renderers can trust every field they use."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such report file")
@@ -28,6 +29,19 @@ def read_report(path: str | Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not a JSON report ({err})") from err
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise InputError(f'{path}: not a saedoctor report (expected "schema": "{SCHEMA}")')
+    check_schema_id(document, str(path))
+    from saedoctor.report.schema import validate_report  # jsonschema loads only when reading
+
+    validate_report(document, str(path))
     return document
+
+
+def check_schema_id(document: Any, source: str) -> None:
+    """A wrong id is reported as such, not as a cascade of field errors from another version."""
+    if not isinstance(document, dict) or "schema" not in document:
+        raise InputError(f'{source}: not a saedoctor report (expected "schema": "{SCHEMA}")')
+    if document["schema"] != SCHEMA:
+        raise InputError(
+            f'{source}: report schema {json.dumps(document["schema"])} is not supported '
+            f'(this saedoctor reads "{SCHEMA}")'
+        )

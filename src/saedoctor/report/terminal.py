@@ -1,76 +1,109 @@
-"""The terminal view of a report: one column per SAE, one row per metric."""
+"""The terminal view of a report: per SAE its metrics in status colours, grade, explanations,
+diagnoses and prescriptions; for several SAEs also the guide's layer table."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.rule import Rule
+from rich.table import Table as RichTable
+from rich.text import Text
 
-# (report key, label, format); order follows the guide's list of metrics.
-ROWS: list[tuple[str, str, str]] = [
-    ("always_on_count", "always-on features", "{:d}"),
-    ("always_on_features", "always-on ids", "ids"),
-    ("diversity_top10", "diversity (top-10)", "{:.2f}"),
-    ("loss_recovered", "loss recovered", "{:.4f}"),
-    ("variance_explained", "variance explained", "{:.4f}"),
-    ("variance_explained_legacy", "variance explained (legacy)", "{:.4f}"),
-    ("fvu", "FVU", "{:.4f}"),
-    ("mse", "MSE", "{:.4g}"),
-    ("cossim", "cosine(x, x̂)", "{:.4f}"),
-    ("l2_ratio", "‖x̂‖/‖x‖", "{:.4f}"),
-    ("relative_reconstruction_bias", "relative recon. bias", "{:.4f}"),
-    ("l0", "L0", "{:.2f}"),
-    ("dead_pct", "dead %", "{:.2f}"),
-    ("dead_count", "dead", "{:d}"),
-    ("never_fired_count", "never fired", "{:d}"),
-    ("dense_count", "dense (>10%)", "{:d}"),
-    ("absorption", "absorption (max dec. cos)", "{:.4f}"),
-    ("tokens_seen", "tokens seen", "{:,d}"),
-]
+from saedoctor.report import sections
+from saedoctor.report.fields import (
+    config_text,
+    grade_of,
+    grade_status,
+    grade_text,
+    prescription_text,
+    site_text,
+)
+
+# Text objects, never markup strings: SAE names and tokens may contain "[" (rich markup).
+STYLES = {
+    "excellent": "green", "good": "cyan", "warning": "yellow", "critical": "red",
+    "not measured": "dim", "info": "cyan",
+}
 
 
-def format_value(key: str, fmt: str, metrics: dict[str, Any], not_measured: dict) -> str:
-    if key in not_measured and key not in metrics:
-        return "[dim]not measured[/]"
-    value = metrics.get(key)
-    if value is None:
-        return "[dim]–[/]"
-    if fmt == "ids":
-        shown = ", ".join(str(i) for i in value[:8])
-        return shown + (f" … (+{len(value) - 8})" if len(value) > 8 else "") or "none"
-    return fmt.format(value)
+def rich_table(table: sections.Table, title: str = "") -> RichTable:
+    out = RichTable(title=title or None, title_justify="left")
+    for i, header in enumerate(table.headers):
+        out.add_column(header, style="bold" if i == 0 else None, overflow="fold")
+    for row in table.rows:
+        out.add_row(*(Text(cell.text, style=STYLES.get(cell.status or "", "")) for cell in row))
+    return out
 
 
-def metrics_table(document: dict[str, Any]) -> Table:
-    table = Table(title="saedoctor: SAE health metrics", show_lines=False)
-    table.add_column("metric", style="bold")
-    for entry in document["saes"]:
-        table.add_column(entry["name"], justify="right")
-    for key, label, fmt in ROWS:
-        cells = [
-            format_value(key, fmt, e["metrics"], e.get("not_measured", {}))
-            for e in document["saes"]
-        ]
-        table.add_row(label, *cells)
-    return table
+def show(console: Console, table: sections.Table, title: str = "") -> None:
+    """The table, then its note on its own line (a rich caption would wrap to table width)."""
+    console.print(rich_table(table, title))
+    if table.note:
+        console.print(Text(table.note, style="italic"))
 
 
-def run_summary(document: dict[str, Any]) -> str:
-    run = document["run"]
-    model = run.get("model") or {}
-    source = run.get("corpus") or run.get("activations_file")
-    lines = [
-        f"model: {model.get('name', 'none (cached activations)')}   data: {source}   "
-        f"tokens counted: {run.get('tokens_counted', 0):,}   time: {run.get('wall_time_s')} s"
-    ]
-    for entry in document["saes"]:
-        site = entry.get("site") or {}
-        lines.append(f"  {entry['name']}: site {site.get('description', 'none')}")
-    return "\n".join(lines)
+def print_diagnoses(diagnoses: list[dict[str, Any]], console: Console) -> None:
+    for diagnosis in diagnoses:
+        severity = diagnosis["severity"]
+        line = Text(f"[{severity}] ", style=f"bold {STYLES.get(severity, '')}")
+        line.append(diagnosis["title"], style="bold")
+        console.print(line)
+        for item in diagnosis.get("evidence") or []:
+            console.print(Text(f"  • {item}"))
+        if diagnosis.get("explanation"):
+            console.print(Text(f"  {diagnosis['explanation']}", style="italic"))
+        for p in diagnosis.get("prescriptions") or []:
+            console.print(Text("  → " + prescription_text(p), style="green"))
+
+
+def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None) -> None:
+    console.print(Rule(Text(entry["name"], style="bold")))
+    console.print(Text(site_text(entry)))
+    console.print(Text(config_text(entry)))
+    show(console, sections.metric_table(entry))
+    colour = STYLES.get(grade_status(grade_of(entry)) or "", "")
+    console.print(Text(grade_text(entry), style=f"bold {colour}"))
+    explanations = sections.explanation_table(entry)
+    if explanations:
+        show(console, explanations, "always-on features explained")
+    if entry.get("diagnoses"):
+        console.print(Text("diagnoses", style="bold underline"))
+        print_diagnoses(entry["diagnoses"], console)
+    prescriptions = sections.prescription_table(entry.get("prescriptions") or [])
+    if prescriptions:
+        show(console, prescriptions, "prescriptions (saedoctor train accepts these)")
+    comparison = sections.corpus_table(entry, corpus)
+    if comparison:
+        show(console, comparison, "corpus comparison")
+
+
+def print_overview(document: dict[str, Any], console: Console) -> None:
+    """Several SAEs (a layer sweep): side by side, then the guide's layer table."""
+    from saedoctor.report.compare import compare_reports
+    from saedoctor.report.compare_tables import layer_table, side_by_side_table
+
+    comparison = compare_reports([document], ["report"], validate=False)
+    show(console, side_by_side_table(comparison), "SAEs side by side")
+    show(console, layer_table(comparison), "layer-by-layer summary")
+
+
+def print_sweep(document: dict[str, Any], console: Console) -> None:
+    sweep = document.get("sweep") or {}
+    if not sweep.get("diagnoses") and not sweep.get("best"):
+        return
+    console.print(Rule(Text("sweep findings", style="bold")))
+    if sweep.get("best"):
+        console.print(Text(f"best SAE: {sweep['best']}", style="bold green"))
+    print_diagnoses(sweep.get("diagnoses") or [], console)
 
 
 def print_report(document: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(run_summary(document))
-    console.print(metrics_table(document))
+    for line in sections.run_lines(document):
+        console.print(Text(line))
+    if len(document["saes"]) > 1:
+        print_overview(document, console)
+    for entry in document["saes"]:
+        print_sae(entry, console, document["run"].get("corpus"))
+    print_sweep(document, console)

@@ -1,0 +1,132 @@
+"""Rule (a): always-on features, with the bias-direction and antipodal-pair checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saedoctor.health.fmt import ids, num, pct, plural
+from saedoctor.health.training import old_value, prescribe
+from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
+from saedoctor.health.values import as_number
+
+# |cos(W_dec[i], mean(x))| above this: the latent is the mean activation, not a feature.
+BIAS_COSINE = 0.9
+DIVERSITY_WEIGHT = 0.01  # the guide's value; doubled when the SAE already used it
+MAX_EXPLAINED = 5  # evidence lines stay readable when a bad SAE has dozens
+
+
+def always_on(entry: dict[str, Any], ctx: Context) -> Diagnosis | None:
+    count = ctx.graded("always_on_count")["value"]
+    if count is None or count < 1:
+        return None
+    explained = [e for e in entry.get("always_on_explanations") or [] if isinstance(e, dict)]
+    bias = [e for e in explained if is_bias_direction(e)]
+    pairs = [e for e in explained if _partner(e) is not None]
+    severity = severity_of(ctx.status("always_on_count"))
+    if bias and severity == "info":
+        severity = "warning"  # a latent that is the mean is a training fault with a known fix
+    return diagnosis(
+        "always_on",
+        f"{plural(int(count), 'always-on feature')}",
+        severity,
+        _evidence(entry, ctx, int(count), explained),
+        _explanation(bias, pairs),
+        _prescriptions(entry, bias),
+    )
+
+
+def is_bias_direction(explanation: dict[str, Any]) -> bool:
+    if explanation.get("is_bias_direction") is True:
+        return True
+    cos = as_number(explanation.get("decoder_cos_with_mean"))
+    return cos is not None and abs(cos) > BIAS_COSINE
+
+
+def _partner(explanation: dict[str, Any]) -> dict[str, Any] | None:
+    partner = explanation.get("antipodal_partner")
+    return partner if isinstance(partner, dict) else None
+
+
+def _evidence(entry: dict[str, Any], ctx: Context, count: int, explained: list[dict]) -> list[str]:
+    threshold = as_number((ctx.run.get("options") or {}).get("always_on_threshold")) or 0.8
+    features = (entry.get("metrics") or {}).get("always_on_features") or []
+    verb = "fires" if count == 1 else "fire"
+    head = f"{plural(count, 'feature')} {verb} on more than {pct(threshold, 0)} of tokens"
+    evidence = [f"{head}: {ids(features)}" if features else head]
+    for e in explained[:MAX_EXPLAINED]:
+        evidence.extend(_feature_lines(e))
+    return evidence
+
+
+def _feature_lines(e: dict[str, Any]) -> list[str]:
+    feature = e.get("feature")
+    lines = []
+    density = as_number(e.get("density"))
+    if density is not None:
+        line = f"feature {feature} fires on {pct(density, 1)} of tokens"
+        mean = as_number(e.get("mean_activation"))
+        lines.append(line + (f" (mean activation {num(mean, 3)} when active)" if mean else ""))
+    cos = as_number(e.get("decoder_cos_with_mean"))
+    if cos is not None:
+        verdict = ": it is the mean activation direction" if is_bias_direction(e) else ""
+        lines.append(f"feature {feature}'s decoder row has cosine {cos:.2f} with mean(x){verdict}")
+    share = as_number(e.get("reconstruction_share"))
+    if share is not None:
+        lines.append(f"feature {feature} carries {pct(share, 1)} of Σ‖x̂‖²")
+    if (partner := _partner(e)) is not None:
+        cos_p = as_number(partner.get("encoder_cos"))
+        cos_text = f" (encoder cosine {cos_p:.2f})" if cos_p is not None else ""
+        lines.append(
+            f"feature {feature} has an antipodal partner, feature {partner.get('feature')}"
+            f"{cos_text}: a pair splitting one direction"
+        )
+    return lines
+
+
+def _explanation(bias: list[dict], pairs: list[dict]) -> str:
+    parts = [
+        "A feature that fires on almost every token carries no information about which token "
+        "it is on: it spends a latent (and, for TopK, one of k slots per token) on something "
+        "constant, and circuit analyses see it everywhere."
+    ]
+    if bias:
+        names = ", ".join(str(e.get("feature")) for e in bias)
+        parts.append(
+            f"Feature(s) {names} point along mean(x): the feature is learning the mean "
+            "activation, which belongs in b_dec. Initialise b_dec at the data mean and "
+            "subtract it from the input (apply_b_dec_to_input) so no latent has to carry it."
+        )
+    if pairs:
+        parts.append(
+            "An antipodal partner (encoder cosine < -0.9) means two latents encode +v and -v "
+            "of one direction, so between them one is on for nearly every token: a pair "
+            "splitting one direction rather than two features."
+        )
+    parts.append(
+        "A diversity loss penalises latents that co-fire with everything and spreads the "
+        "load over the dictionary."
+    )
+    return " ".join(parts)
+
+
+def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription]:
+    old_weight = as_number(old_value(entry, "diversity_loss_weight"))
+    weight = DIVERSITY_WEIGHT if not old_weight else old_weight * 2
+    found = [
+        prescribe(
+            entry,
+            "diversity_loss_weight",
+            weight,
+            "penalise latents that fire on nearly every token (the guide's 0.01; doubled when "
+            "already in use)",
+        )
+    ]
+    old_init = old_value(entry, "b_dec_init")
+    new_init = "geometric_median" if old_init == "mean" else "mean"
+    why = (
+        "a decoder row is the mean direction: start b_dec at the data mean so no latent learns it"
+        if bias
+        else "a b_dec at the data centre removes the constant part that always-on latents absorb"
+    )
+    found.append(prescribe(entry, "b_dec_init", new_init, why))
+    return found

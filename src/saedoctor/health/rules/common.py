@@ -1,0 +1,57 @@
+"""Prescriptions several rules share, and the guards that keep them from contradicting.
+
+Two rules can pull one knob in opposite directions (poor reconstruction wants more latents,
+dead features and absorption want fewer). Each rule checks the other's status first: when
+both problems are present neither touches expansion_factor, and the SAE is told to change
+what does not conflict (tokens, AuxK, k, penalties).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saedoctor.health.policy import PROBLEMS
+from saedoctor.health.training import numeric_old, prescribe, tidy
+from saedoctor.health.types import Context, Prescription
+
+# SPEC §4: an expansion_factor below 1 makes the dictionary narrower than the model: never.
+MIN_EXPANSION = 1
+
+
+def may_shrink_dictionary(ctx: Context) -> bool:
+    """Fewer latents only when reconstruction is not already a problem."""
+    return ctx.status("loss_recovered") not in PROBLEMS
+
+
+def may_grow_dictionary(ctx: Context) -> bool:
+    """More latents only when the ones there are neither dead nor redundant."""
+    return ctx.status("dead_pct") not in PROBLEMS and ctx.status("absorption") not in PROBLEMS
+
+
+def halve_expansion(entry: dict[str, Any], why: str) -> list[Prescription]:
+    old = numeric_old(entry, "expansion_factor")
+    if old is None or old <= MIN_EXPANSION:
+        return []
+    return [prescribe(entry, "expansion_factor", tidy(max(MIN_EXPANSION, old / 2)), why)]
+
+
+def double_expansion(entry: dict[str, Any], why: str) -> list[Prescription]:
+    old = numeric_old(entry, "expansion_factor")
+    return [] if old is None else [prescribe(entry, "expansion_factor", tidy(old * 2), why)]
+
+
+def double_tokens(entry: dict[str, Any], why: str) -> list[Prescription]:
+    old = numeric_old(entry, "training_tokens")
+    if old is None or old <= 0:
+        return []
+    return [prescribe(entry, "training_tokens", int(old * 2), why)]
+
+
+def scaled_penalties(entry: dict[str, Any], factor: float, why: str) -> list[Prescription]:
+    """l1_penalty / sparsity_penalty × factor, for each the trainer config names."""
+    found = []
+    for field in ("l1_penalty", "sparsity_penalty"):
+        old = numeric_old(entry, field)
+        if old is not None and old > 0:
+            found.append(prescribe(entry, field, tidy(old * factor), why))
+    return found

@@ -1,0 +1,143 @@
+"""What a report's numbers are called and how they are written, shared by every renderer."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+STATUSES = ("excellent", "good", "warning", "critical")
+NOT_MEASURED = "not measured"
+# The guide's order of importance: always-on first, it is "the #1 problem".
+GRADED = ("always_on_count", "diversity_top10", "loss_recovered", "l0", "dead_pct", "absorption")
+
+
+class Row(NamedTuple):
+    key: str
+    label: str
+    fmt: str  # "int", "count", "f2", "f4", "g4", "pct", "ids"
+
+
+# Order follows the guide's list of metrics; reconstruction detail after its headline.
+ROWS: tuple[Row, ...] = (
+    Row("always_on_count", "always-on features", "int"),
+    Row("always_on_features", "always-on ids", "ids"),
+    Row("diversity_top10", "diversity (top-10)", "f2"),
+    Row("loss_recovered", "loss recovered", "f4"),
+    Row("variance_explained", "variance explained", "f4"),
+    Row("variance_explained_legacy", "variance explained (legacy)", "f4"),
+    Row("fvu", "FVU", "f4"),
+    Row("kl_score", "KL score", "f4"),
+    Row("mse", "MSE", "g4"),
+    Row("cossim", "cosine(x, x̂)", "f4"),
+    Row("l2_ratio", "‖x̂‖/‖x‖", "f4"),
+    Row("relative_reconstruction_bias", "relative recon. bias", "f4"),
+    Row("l0", "L0", "f2"),
+    Row("dead_pct", "dead %", "pct"),
+    Row("dead_count", "dead", "int"),
+    Row("never_fired_count", "never fired", "int"),
+    Row("dense_count", "dense (>10%)", "int"),
+    Row("absorption", "absorption (max dec. cos)", "f4"),
+    Row("tokens_seen", "tokens seen", "count"),
+)
+LABELS = {row.key: row.label for row in ROWS}
+FORMATS = {row.key: row.fmt for row in ROWS}
+
+
+def format_value(value: Any, fmt: str, max_ids: int = 8) -> str:
+    """Plain text; renderers add colour. None is '–' (absent), never a fake zero."""
+    if value is None:
+        return "–"
+    if fmt == "ids":
+        shown = ", ".join(str(i) for i in value[:max_ids])
+        more = f" … (+{len(value) - max_ids})" if len(value) > max_ids else ""
+        return (shown + more) or "none"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if fmt in ("int", "count"):
+        number = int(round(value))
+        return f"{number:,d}" if fmt == "count" else str(number)
+    if fmt == "pct":
+        return f"{value:.2f}%"
+    return {"f2": "{:.2f}", "f4": "{:.4f}", "g4": "{:.4g}"}.get(fmt, "{}").format(value)
+
+
+def format_metric(key: str, value: Any) -> str:
+    return format_value(value, FORMATS.get(key, "g4"))
+
+
+def headline_reconstruction(metrics: dict[str, Any]) -> tuple[float | None, str]:
+    """Loss recovered when a language model measured it, else variance explained (SPEC §3)."""
+    if metrics.get("loss_recovered") is not None:
+        return metrics["loss_recovered"], "loss_recovered"
+    return metrics.get("variance_explained"), "variance_explained"
+
+
+def statuses(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The grader's statuses, or nothing when the report was written before grading."""
+    grading = entry.get("grading") or {}
+    return grading.get("statuses") or {}
+
+
+def status_by_metric(entry: dict[str, Any]) -> dict[str, str]:
+    """Status keyed by the metric actually graded: loss_recovered's status sits on
+    variance_explained when that is what the grader used ("source")."""
+    return {
+        info.get("source") or key: info.get("status", NOT_MEASURED)
+        for key, info in statuses(entry).items()
+    }
+
+
+def grade_of(entry: dict[str, Any]) -> str | None:
+    grading = entry.get("grading") or {}
+    return grading.get("grade")
+
+
+def grade_text(entry: dict[str, Any]) -> str:
+    """'grade: poor (held back by dead %, L0)' or 'not graded' for pre-grading reports."""
+    grade = grade_of(entry)
+    if grade is None:
+        return "grade: not graded"
+    held = (entry.get("grading") or {}).get("held_back_by") or []
+    suffix = f" (held back by {', '.join(LABELS.get(k, k) for k in held)})" if held else ""
+    return f"grade: {grade}{suffix}"
+
+
+def grade_status(grade: str | None) -> str | None:
+    """The colour a grade is shown in: a poor SAE reads like a critical metric."""
+    return {"excellent": "excellent", "good": "good", "poor": "critical"}.get(grade or "")
+
+
+def sae_label(entry: dict[str, Any]) -> str:
+    """Short column title: the name before ':hook' (names carry the hook after a colon)."""
+    return entry["name"].split(":", 1)[0] or entry["name"]
+
+
+def site_text(entry: dict[str, Any]) -> str:
+    site = entry.get("site")
+    if not site:
+        return "site: none (cached activations)"
+    return f"site: {site.get('description') or site.get('hook_name') or site.get('kind')}"
+
+
+def config_text(entry: dict[str, Any]) -> str:
+    config = entry.get("config") or {}
+    meta = config.get("metadata") or {}
+    shape = f"{config.get('d_in', '?')}→{config.get('d_sae', '?')}"
+    parts = [f"{config.get('architecture', '?')} {shape}"]
+    if config.get("k") is not None:
+        parts.append(f"k={config['k']}")
+    if meta.get("training_corpus"):
+        parts.append(f"trained on {meta['training_corpus']}")
+    if meta.get("training_tokens"):
+        parts.append(f"{meta['training_tokens']:,} tokens")
+    return "config: " + ", ".join(parts)
+
+
+def prescription_text(prescription: dict[str, Any]) -> str:
+    """'field: old → new (why)'; old None means the field was unset."""
+    old = prescription.get("old")
+    change = f"{prescription['field']}: {'unset' if old is None else old} → {prescription['new']}"
+    why = prescription.get("why")
+    return f"{change} ({why})" if why else change

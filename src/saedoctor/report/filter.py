@@ -1,0 +1,40 @@
+"""`saedoctor filter`: always-on feature ids per hook, for circuit-tracing tools to drop
+(the guide's "Filter Always-On Features" snippet, as JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FILTER_SCHEMA = "saedoctor.filter/1"
+
+
+def always_on_filter(document: dict[str, Any]) -> dict[str, Any]:
+    """Keyed by hook name (what tracing tools hook), else SAE name; SAEs without always-on
+    features are listed with [] so a consumer can tell 'checked, none' from 'not checked'."""
+    run = document["run"]
+    always_on: dict[str, dict[str, Any]] = {}
+    for entry in document["saes"]:
+        site = entry.get("site") or {}
+        key = site.get("hook_name") or entry["name"]
+        if key in always_on:  # two SAEs on one hook: keep both, apart
+            key = entry["name"]
+        always_on[key] = {
+            "layer": site.get("layer"),
+            "site": site.get("kind"),
+            "features": sorted(int(i) for i in entry["metrics"].get("always_on_features") or []),
+        }
+    return {
+        "schema": FILTER_SCHEMA,
+        "model": model_of(document),
+        "threshold": (run.get("options") or {}).get("always_on_threshold", 0.8),
+        "always_on": always_on,
+        "all_features": sorted({f for item in always_on.values() for f in item["features"]}),
+    }
+
+
+def model_of(document: dict[str, Any]) -> str | None:
+    model = document["run"].get("model") or {}
+    if model.get("name"):
+        return model["name"]
+    names = {(e.get("config") or {}).get("model_name") for e in document["saes"]} - {None}
+    return names.pop() if len(names) == 1 else None

@@ -1,0 +1,156 @@
+"""A report turned into format-neutral pieces (tables of text + status), so terminal, Markdown
+and HTML show the same content and differ only in how they draw it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from saedoctor.report.fields import (
+    GRADED,
+    LABELS,
+    NOT_MEASURED,
+    ROWS,
+    format_metric,
+    format_value,
+    status_by_metric,
+    statuses,
+)
+
+
+@dataclass
+class Cell:
+    text: str
+    status: str | None = None  # excellent|good|warning|critical|not measured: drives colour
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    note: str = ""  # one line under the table (units, abbreviations)
+
+
+def run_lines(document: dict[str, Any]) -> list[str]:
+    run = document["run"]
+    model = run.get("model") or {}
+    data = run.get("corpus") or run.get("activations_file") or "?"
+    policy = (run.get("policy") or {}).get("name") or (
+        "default" if any(e.get("grading") for e in document["saes"]) else "none (not graded)")
+    counted = run.get("tokens_counted")
+    lines = [
+        f"model: {model.get('name', 'none (cached activations)')}",
+        f"data: {data}" + (f" (compared with {run['compare_corpus']})"
+                           if run.get("compare_corpus") else ""),
+        f"tokens counted: {counted:,}" if isinstance(counted, int) else "tokens counted: ?",
+        f"grading policy: {policy}",
+        f"created: {run.get('created', '?')}, wall time {run.get('wall_time_s', '?')} s",
+    ]
+    versions = run.get("versions") or {}
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return lines
+
+
+def metric_table(entry: dict[str, Any]) -> Table:
+    """One row per metric the SAE has (or was asked for and could not measure)."""
+    metrics, not_measured = entry["metrics"], entry.get("not_measured") or {}
+    by_metric = status_by_metric(entry)
+    graded_as = {info.get("source"): key for key, info in statuses(entry).items()
+                 if info.get("source") and info.get("source") != key}
+    table = Table(["metric", "value", "status", "note"])
+    for row in ROWS:
+        if row.key not in metrics and row.key not in not_measured:
+            continue
+        value = metrics.get(row.key)
+        if value is None and row.key in not_measured:
+            table.rows.append([Cell(row.label), Cell(NOT_MEASURED, NOT_MEASURED),
+                               Cell(NOT_MEASURED, NOT_MEASURED), Cell(not_measured[row.key])])
+            continue
+        status = by_metric.get(row.key)
+        note = f"graded as {LABELS.get(graded_as[row.key], graded_as[row.key])}" \
+            if row.key in graded_as else ""
+        table.rows.append([Cell(row.label), Cell(format_value(value, row.fmt), status),
+                           Cell(status or "", status), Cell(note)])
+    return table
+
+
+def explanation_table(entry: dict[str, Any]) -> Table | None:
+    """Why each always-on feature is always on (bias direction, antipodal pair, tokens)."""
+    explanations = entry.get("always_on_explanations") or []
+    if not explanations:
+        return None
+    table = Table(["feature", "density", "mean act.", "cos(dec, mean x)", "share of ‖x̂‖²",
+                   "antipodal partner", "strongest tokens", "weakest tokens"])
+    for ex in explanations:
+        partner = ex.get("antipodal_partner")
+        cos = format_value(ex.get("decoder_cos_with_mean"), "f2")
+        if ex.get("is_bias_direction"):
+            cos += " (bias direction)"
+        table.rows.append([
+            Cell(str(ex["feature"])),
+            Cell(percent(ex.get("density"), 1), "critical"),
+            Cell(format_value(ex.get("mean_activation"), "g4")),
+            Cell(cos, "warning" if ex.get("is_bias_direction") else None),
+            Cell(percent(ex.get("reconstruction_share"), 1)),
+            Cell(f"{partner['feature']} (enc. cos {format_value(partner.get('encoder_cos'), 'f2')})"
+                 if partner else "none"),
+            Cell(tokens_text(ex.get("strongest_tokens"))),
+            Cell(tokens_text(ex.get("weakest_tokens"))),
+        ])
+    return table
+
+
+def tokens_text(tokens: list[dict[str, Any]] | None, limit: int = 3) -> str:
+    if not tokens:
+        return "–"
+    return ", ".join(f"{t.get('token', '')!r} ({format_value(t.get('activation'), 'g4')})"
+                     for t in tokens[:limit])
+
+
+def percent(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def prescription_table(prescriptions: list[dict[str, Any]]) -> Table | None:
+    if not prescriptions:
+        return None
+    table = Table(["field", "old", "new", "why"])
+    for p in prescriptions:
+        old = p.get("old")
+        table.rows.append([Cell(p["field"]), Cell("unset" if old is None else str(old)),
+                           Cell(str(p["new"])), Cell(p.get("why") or "")])
+    return table
+
+
+def corpus_table(entry: dict[str, Any], main_corpus: str | None = None) -> Table | None:
+    """Main corpus vs compare corpus (compare minus main), the training-data-mismatch view."""
+    comparison = entry.get("corpus_comparison")
+    if not comparison:
+        return None
+    other = comparison.get("metrics") or {}
+    deltas = comparison.get("deltas") or {}
+    shown = set(deltas) | {k for k in (*GRADED, "variance_explained") if k in other}
+    keys = [row.key for row in ROWS if row.key in shown and row.key != "always_on_features"]
+    table = Table(["metric", main_corpus or "main corpus",
+                   comparison.get("corpus") or "compare corpus", "Δ"],
+                  note=corpus_summary(comparison))
+    for key in keys:
+        delta = deltas.get(key)
+        table.rows.append([Cell(LABELS.get(key, key)),
+                           Cell(format_metric(key, entry["metrics"].get(key))),
+                           Cell(format_metric(key, other.get(key))),
+                           Cell("–" if delta is None else f"{delta:+.4g}")])
+    return table
+
+
+def corpus_summary(comparison: dict[str, Any]) -> str:
+    jsd = comparison.get("density_jsd")
+    appeared, disappeared = comparison.get("appeared") or [], comparison.get("disappeared") or []
+    tokens = comparison.get("tokens_counted")
+    return (
+        f"{comparison.get('corpus') or 'compare corpus'}"
+        + (f" ({tokens:,} tokens)" if isinstance(tokens, int) else "")
+        + f": density JSD {format_value(jsd, 'f4')} bits; {len(appeared)} features appeared "
+        f"(alive only there), {len(disappeared)} disappeared (alive only on the main corpus)"
+    )
