@@ -119,3 +119,73 @@ def test_good_run_writes_report(tmp_path, common):
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["schema"] == "saedoctor.report/1"
     assert "variance explained" in result.output
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(app, args)
+
+
+def test_report_on_non_report_json(tmp_path):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"hello": 1}')
+    out = tmp_path / "x.html"
+    _assert_bad_input(_run(["report", str(bad), "--html", str(out)]), out, "other.json")
+
+
+def test_policy_typo_fails_before_streaming(tmp_path, common):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[dead_pcnt]\nwarning = ["> 10"]\n')
+    d = saved_sae(tmp_path / "s", random_sae(64, 128, site=Site(1)))
+    out = tmp_path / "run.json"
+    result = _diagnose([*common, "--sae", str(d), "--policy", str(policy)], out)
+    _assert_bad_input(result, out, "policy.toml", "dead_pct")
+
+
+def test_impossible_band_in_policy(tmp_path, common):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[l0]\ngood = ["300..20"]\n')
+    d = saved_sae(tmp_path / "s", random_sae(64, 128, site=Site(1)))
+    out = tmp_path / "run.json"
+    result = _diagnose([*common, "--sae", str(d), "--policy", str(policy)], out)
+    _assert_bad_input(result, out, "policy.toml", "300..20")
+
+
+def test_fail_on_poor_gates_and_views_rerender(tmp_path, common):
+    # A random SAE on a random model reconstructs badly: graded poor.
+    d = saved_sae(tmp_path / "s", random_sae(64, 128, site=Site(1)))
+    out, md = tmp_path / "run.json", tmp_path / "run.md"
+    result = _diagnose([*common, "--sae", str(d), "--fail-on", "poor", "--md", str(md)], out)
+    assert result.exit_code == 1, result.output
+    report = json.loads(out.read_text())
+    assert report["saes"][0]["grading"]["grade"] == "poor"
+    # Re-rendering from the JSON alone gives the same Markdown, and the same gate.
+    md2 = tmp_path / "again.md"
+    again = _run(["report", str(out), "--md", str(md2), "--fail-on", "poor"])
+    assert again.exit_code == 1
+    assert md2.read_text() == md.read_text()
+    assert _run(["report", str(out), "--md", str(md2)]).exit_code == 0
+
+
+def test_compare_rejects_mismatched_schema_and_filter_lists_ids(tmp_path, common):
+    d = saved_sae(tmp_path / "s", random_sae(64, 128, site=Site(1)))
+    out = tmp_path / "run.json"
+    assert _diagnose([*common, "--sae", str(d)], out).exit_code == 0
+    other = json.loads(out.read_text())
+    other["schema"] = "saedoctor.report/2"
+    (tmp_path / "v2.json").write_text(json.dumps(other))
+    cmp_out = tmp_path / "cmp.md"
+    result = _run(["compare", str(out), str(tmp_path / "v2.json"), "--md", str(cmp_out)])
+    _assert_bad_input(result, cmp_out, "v2.json")
+    filtered = _run(["filter", str(out)])
+    assert filtered.exit_code == 0
+    ids = json.loads(filtered.output)
+    report = json.loads(out.read_text())
+    (sae_filter,) = ids["always_on"].values()
+    assert sae_filter["features"] == sorted(report["saes"][0]["metrics"]["always_on_features"])
+
+
+def test_bad_fail_on_value(tmp_path, common):
+    d = saved_sae(tmp_path / "s", random_sae(64, 128, site=Site(1)))
+    out = tmp_path / "run.json"
+    _assert_bad_input(_diagnose([*common, "--sae", str(d), "--fail-on", "bad"], out), out,
+                      "--fail-on")  # fmt: skip

@@ -37,17 +37,26 @@ def test_no_argument_diagnose_trains_caches_and_reports(tmp_path: Path) -> None:
     # reconstructs far better than chance on held-out text.
     assert 28 <= m["l0"] <= 32
     assert m["variance_explained"] > 0.5
+    # Loss recovered is measured and graded in place of variance explained.
+    assert 0.5 < m["loss_recovered"] <= 1.0
+    assert m["ce_clean"] < m["ce_sae"] < m["ce_ablated"]
+    assert entry["grading"]["statuses"]["loss_recovered"]["source"] == "loss_recovered"
     assert entry["config"]["metadata"]["training_corpus"] == "python-docs@train"
-    # The second run reuses the cached SAE instead of training again.
+    # The second run reuses the cached SAE, and measures the training-data mismatch:
+    # the SAE was trained on Python docstrings; Python source code is another domain.
     second = subprocess.run(
-        [*cmd, "--json", "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+        [*cmd, "--json", "--quiet", "--compare-corpus", "python-code@test", "--no-downstream",
+         "--html", str(tmp_path / "run.html")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert "No cached default SAE" not in second.stderr
     again = json.loads(second.stdout)
-    assert again["saes"][0]["metrics"]["l0"] == pytest.approx(m["l0"], rel=1e-12)
+    entry2 = again["saes"][0]
+    assert entry2["metrics"]["l0"] == pytest.approx(m["l0"], rel=1e-12)
+    shift = entry2["corpus_comparison"]
+    assert shift["corpus"] == "python-code@test"
+    assert shift["density_jsd"] > 0.05
+    assert len(shift["appeared"]) + len(shift["disappeared"]) > 50
+    assert "data_mismatch" in [d["id"] for d in entry2["diagnoses"]]
+    assert "training-data mismatch" in (tmp_path / "run.html").read_text()

@@ -52,13 +52,23 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
         saved_sae(tmp_path / "l2", random_sae(64, 256, site=Site(2, "resid_pre"), seed=2)),
     ]
     # No feature can pass a threshold of 1.0, so no explanation pass adds forwards here.
-    report = diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0))
+    opts = _opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0, downstream=False)
+    report = diagnose(opts)
     n_batches = report["run"]["sequences"] // 4 + (report["run"]["sequences"] % 4 > 0)
     assert n_batches == 4  # 512 tokens / 32 context / 4 per batch
     assert calls["embed"] == n_batches
     assert calls["block0"] == calls["block1"] == n_batches
     # resid_pre of block 2 is read before block 2 runs: blocks 2, 3, the norm and lm_head never run
     assert calls["block2"] == calls["block3"] == calls["norm"] == calls["lm_head"] == 0
+    # With loss recovered: still one embedding pass per batch; the patched runs restart
+    # from captured block inputs, so block 0 (before every site) runs once per batch too.
+    for name in calls:
+        calls[name] = 0
+    diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0))
+    assert calls["embed"] == calls["block0"] == n_batches
+    # clean pass + 3 SAE tails + 3 ablation tails through the head per batch, plus the
+    # one-off check that restarting from captured inputs reproduces the logits
+    assert calls["lm_head"] == 7 * n_batches + 1
     assert [e["site"]["hook_name"] for e in report["saes"]] == [
         "blocks.0.hook_resid_post",
         "blocks.1.hook_mlp_out",

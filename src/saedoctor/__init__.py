@@ -32,4 +32,18 @@ def save_sae(sae: SAE, directory: str) -> Any:
     return _save_sae(sae, directory)
 
 
-__all__ = ["__version__", "diagnose", "load_sae", "save_sae"]
+def always_on_filter(report: dict[str, Any]) -> dict[str, Any]:
+    """Always-on feature ids per SAE / layer from a report (for circuit-tracing tools)."""
+    from saedoctor.report.filter import always_on_filter as _filter
+
+    return _filter(report)
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """Read and validate a report JSON written by `saedoctor diagnose`."""
+    from saedoctor.report.document import read_report as _read
+
+    return _read(path)
+
+
+__all__ = ["__version__", "always_on_filter", "diagnose", "load_sae", "read_report", "save_sae"]

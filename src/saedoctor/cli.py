@@ -108,6 +108,10 @@ def diagnose(
     explain_tokens: Annotated[
         int, typer.Option(help="tokens examined for always-on features' strongest/weakest tokens")
     ] = 16_384,
+    downstream: Annotated[
+        bool,
+        typer.Option(help="measure loss recovered / KL by splicing each SAE into the model"),
+    ] = True,
     policy: Annotated[
         str | None, typer.Option(help="TOML file overriding the grading thresholds")
     ] = None,
@@ -136,6 +140,7 @@ def diagnose(
             context=context, batch_size=batch_size, device=device, dtype=dtype,
             activations=activations, include_special=include_special,
             always_on_threshold=always_on_threshold, explain_tokens=explain_tokens,
+            downstream=downstream,
             policy=policy, seed=seed, quiet=quiet,
         )  # fmt: skip
         document = run_diagnose(opts)
@@ -229,6 +234,11 @@ def filter_(
         if out is not None:
             atomic_write_json(out, result)
         typer.echo(json.dumps(result, indent=1))
+
+
+from saedoctor.train.cli import register  # noqa: E402 - train/demo live in train/cli.py
+
+register(app)
 
 
 @app.command()

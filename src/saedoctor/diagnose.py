@@ -18,6 +18,7 @@ import torch
 
 from saedoctor import defaults
 from saedoctor.errors import InputError
+from saedoctor.metrics.downstream import Downstream
 from saedoctor.metrics.suite import MetricSuite
 from saedoctor.progress import token_progress
 from saedoctor.sae.codes import Codes
@@ -47,6 +48,7 @@ class DiagnoseOptions:
     include_special: bool = False
     always_on_threshold: float = 0.80
     explain_tokens: int = 16_384
+    downstream: bool = True
     policy: str | None = None
     seed: int = 0
     quiet: bool = False
@@ -71,6 +73,7 @@ class SAEUnderTest:
     path: str
     sae: SAE
     suite: MetricSuite
+    downstream: Downstream = field(default_factory=lambda: Downstream())
 
 
 # A sink receives, per SAE and batch: the unit, x, x̂, codes and the batch's sequence ids.
@@ -135,6 +138,24 @@ class ModelPass:
                         feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink)
         return totals
 
+    def run_downstream(self, corpus: str, tokens: int, label: str) -> dict[str, int]:
+        """The main pass with loss recovered / KL: one clean forward to the logits per batch,
+        one patched tail per SAE and one zero-ablated tail per site."""
+        from saedoctor.activations.splice import Splicer
+
+        totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
+        splicer = Splicer(self.loaded.model, {u.sae.site for u in self.units})
+        with token_progress(self.opts.quiet) as progress:
+            task = progress.add_task(label, total=tokens)
+            for batch in self._batches(corpus, tokens):
+                totals["tokens_processed"] += batch.input_ids.numel()
+                totals["sequences"] += batch.input_ids.shape[0]
+                progress.update(task, advance=batch.input_ids.numel())
+                totals["tokens_counted"] += int(batch.counted.sum())
+                if batch.counted.any():
+                    downstream_batch(splicer, self.units, batch, self.opts.device)
+        return totals
+
     def _batches(self, corpus: str, tokens: int) -> Iterator:
         from saedoctor.activations.batches import token_batches
         from saedoctor.activations.corpus import iter_documents
@@ -154,6 +175,47 @@ class ModelPass:
 def feed(unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink) -> None:
     x_hat, codes = unit.sae(x)
     sink(unit, x, x_hat, codes, seq_ids.to(x.device))
+
+
+@torch.inference_mode()
+def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device: str) -> None:
+    from saedoctor.activations.stream import counted_rows
+    from saedoctor.metrics.downstream import kl_per_token, next_token_ce
+
+    input_ids = batch.input_ids.to(device)
+    logits, acts = splicer.clean(input_ids)
+    counted = batch.counted.to(device)
+    kl_mask = counted
+    ce_mask = counted[:, :-1] & batch.real()[:, 1:].to(device)
+    clean_logp = torch.log_softmax(logits.float(), dim=-1)
+    ce_clean = next_token_ce(logits, input_ids)
+    del logits
+    positions, seq_ids = counted_rows(batch)
+    positions, seq_ids = positions.to(device), seq_ids.to(device)
+
+    def score(which: str, unit: SAEUnderTest, patched_logits: torch.Tensor) -> dict:
+        ce = next_token_ce(patched_logits, input_ids)
+        kl = kl_per_token(clean_logp, patched_logits)
+        return {"which": which, "ce": ce, "kl": kl}
+
+    ablated: dict[Any, dict] = {}
+    for unit in units:
+        site = unit.sae.site
+        site_acts = acts[site]
+        flat = site_acts.reshape(-1, site_acts.shape[-1])
+        x = flat[positions]
+        x_hat, codes = unit.sae(x)
+        unit.suite.update(x, x_hat, codes, seq_ids)
+        spliced = flat.clone()
+        spliced[positions] = x_hat.to(spliced.dtype)
+        sae_scores = score("sae", unit, splicer.patched(site, spliced.view_as(site_acts)))
+        if site not in ablated:  # zero-ablation depends on the site only: once per site
+            zero = splicer.patched(site, torch.zeros_like(site_acts))
+            ablated[site] = score("ablated", unit, zero)
+        unit.downstream.add_clean(ce_clean, ce_mask)
+        for result in (sae_scores, ablated[site]):
+            unit.downstream.add_patched(result["which"], result["ce"], result["kl"], ce_mask,
+                                        kl_mask)  # fmt: skip
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:
@@ -176,7 +238,10 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, 
     loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
     passes = ModelPass(loaded, opts, units)
-    info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
+    if opts.downstream:
+        info = passes.run_downstream(opts.corpus, opts.tokens, "diagnose (with downstream loss)")
+    else:
+        info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
     _require_tokens(info, opts.corpus)
     extras: dict[str, Any] = {"explanations": explain_on_model(passes, units)}
     if opts.compare_corpus:
@@ -336,7 +401,7 @@ def explanations_without_tokens(unit: SAEUnderTest) -> list[dict[str, Any]]:
 
 # -- the report ----------------------------------------------------------------------------
 NOT_MEASURED_WITHOUT_MODEL = "no language model: evaluated on cached activations"
-NOT_MEASURED_YET = "downstream loss metrics are not measured by this version"
+NOT_MEASURED_OFF = "downstream loss not requested (--no-downstream) or undefined on this data"
 
 
 def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
@@ -344,14 +409,18 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
     density = metrics.pop("density")
     histogram = metrics.pop("density_histogram")
     mean_activation = metrics.pop("mean_activation_when_active")
-    reason = NOT_MEASURED_YET if info["model"] is not None else NOT_MEASURED_WITHOUT_MODEL
+    metrics.update(unit.downstream.compute())
+    reason = NOT_MEASURED_WITHOUT_MODEL if info["model"] is None else NOT_MEASURED_OFF
+    not_measured = {k: reason for k in ("loss_recovered", "kl_score") if metrics.get(k) is None}
+    for key in not_measured:
+        metrics.pop(key, None)
     return {
         "name": unit.name,
         "path": unit.path,
         "config": config_entry(unit.sae),
         "site": site_entry(unit.sae),
         "metrics": metrics,
-        "not_measured": {k: reason for k in ("loss_recovered", "kl_score")},
+        "not_measured": not_measured,
         "grading": None,
         "diagnoses": [],
         "prescriptions": [],

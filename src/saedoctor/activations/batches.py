@@ -33,6 +33,13 @@ class TokenBatch:
     input_ids: torch.Tensor
     counted: torch.Tensor
     first_sequence: int = 0
+    lengths: torch.Tensor | None = None  # [B] real (unpadded) tokens per row
+
+    def real(self) -> torch.Tensor:
+        """[B, T] True where a position holds a real token rather than tail padding."""
+        if self.lengths is None:
+            return torch.ones_like(self.counted)
+        return torch.arange(self.input_ids.shape[1])[None, :] < self.lengths[:, None]
 
     @property
     def sequence_ids(self) -> torch.Tensor:
@@ -149,7 +156,8 @@ def _make_batch(
 ) -> TokenBatch:
     input_ids = torch.tensor(rows, dtype=torch.long)
     positions = torch.arange(input_ids.shape[1])
-    counted = positions[None, :] < torch.tensor(reals)[:, None]  # never count tail padding
+    lengths = torch.tensor(reals)
+    counted = positions[None, :] < lengths[:, None]  # never count tail padding
     if not include_special and specials:
         counted &= ~torch.isin(input_ids, torch.tensor(specials))
-    return TokenBatch(input_ids, counted, first)
+    return TokenBatch(input_ids, counted, first, lengths)

@@ -1,0 +1,162 @@
+"""Loss recovered, CE and KL against independent computations with the model's own loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import saved_sae
+
+from saedoctor.activations.sites import decoder_blocks
+from saedoctor.activations.splice import Splicer
+from saedoctor.diagnose import DiagnoseOptions, diagnose
+from saedoctor.sae.model import SAE, SAEConfig
+from saedoctor.sae.site import SITE_KINDS, Site
+from test_activations import FAMILIES, tiny_model
+
+
+def identity_sae(d: int, site: Site) -> SAE:
+    """relu(x) − relu(−x) = x exactly: a perfect reconstruction."""
+    sae = SAE(SAEConfig("relu", d, 2 * d, site=site))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def zero_sae(d: int, site: Site) -> SAE:
+    """Reconstructs every token as the zero vector."""
+    return SAE(SAEConfig("relu", d, 4, site=site))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", SITE_KINDS)
+def test_restarting_from_captured_inputs_reproduces_logits(family: str, kind: str) -> None:
+    model = tiny_model(family)
+    ids = torch.randint(3, 100, (2, 12))
+    site = Site(1, kind)
+    splicer = Splicer(model, [site])
+    logits, acts = splicer.clean(ids)
+    assert splicer.resumable is True
+    with torch.inference_mode():
+        expected = model(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(logits, expected)
+    same = splicer.patched(site, acts[site])
+    assert torch.allclose(same, logits, atol=1e-5, rtol=1e-5)
+    # A real change to the site changes the logits, exactly as a hooked full forward does.
+    changed = splicer.patched(site, acts[site] * 0.5)
+    module = decoder_blocks(model)[1]
+    assert not torch.allclose(changed, logits)
+    splicer.resumable = False
+    full = splicer.patched(site, acts[site] * 0.5)
+    assert torch.allclose(changed, full, atol=1e-5, rtol=1e-4), module
+
+
+def _run(model_dir, corpus, sae_dir, **kw):
+    opts = dict(model=str(model_dir), saes=[str(sae_dir)], corpus=str(corpus), tokens=512,
+                context=32, batch_size=4, quiet=True, include_special=True)  # fmt: skip
+    opts.update(kw)
+    return diagnose(DiagnoseOptions(**opts))["saes"][0]
+
+
+def _hf_losses(model_dir, corpus, layer: int, sae: SAE):
+    """CE with HF's own `labels=` loss: clean, with the SAE spliced by a hook, zero-ablated."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from saedoctor.activations.batches import token_batches
+    from saedoctor.activations.corpus import iter_documents
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    block = decoder_blocks(model)[layer]
+    out = {"clean": [], "sae": [], "ablated": []}
+    for b in token_batches(tok, iter_documents(str(corpus)), context=32, batch_size=4,
+                           max_tokens=512, include_special=True):  # fmt: skip
+        assert bool(b.real().all())  # whole sequences: HF's mean is over every position
+        for which, fn in (("clean", None), ("sae", lambda h: sae(h.reshape(-1, h.shape[-1]))[0]
+                          .reshape(h.shape)), ("ablated", torch.zeros_like)):  # fmt: skip
+            hook = None
+            if fn is not None:
+                hook = block.register_forward_hook(
+                    lambda _m, _a, o, fn=fn: (
+                        fn(o) if isinstance(o, torch.Tensor) else (fn(o[0]), *o[1:])
+                    )
+                )
+            with torch.no_grad():
+                loss = model(input_ids=b.input_ids, labels=b.input_ids).loss
+            if hook is not None:
+                hook.remove()
+            out[which].append(float(loss))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def test_identity_and_zero_reconstructions(tiny_llama_dir, text_corpus, tmp_path) -> None:
+    site = Site(1)
+    ident = _run(tiny_llama_dir, text_corpus, saved_sae(tmp_path / "id", identity_sae(64, site)))
+    m = ident["metrics"]
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-6)
+    assert m["kl_sae"] == pytest.approx(0.0, abs=1e-6)
+    assert m["kl_score"] == pytest.approx(1.0, abs=1e-6)
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-6)
+    zero = _run(tiny_llama_dir, text_corpus, saved_sae(tmp_path / "z", zero_sae(64, site)))
+    z = zero["metrics"]
+    # Every position counted: the zero reconstruction is the zero-ablation itself.
+    assert z["loss_recovered"] == pytest.approx(0.0, abs=1e-9)
+    assert z["kl_score"] == pytest.approx(0.0, abs=1e-9)
+    assert z["ce_ablated"] == pytest.approx(m["ce_ablated"], rel=1e-9)
+    assert ident["grading"]["statuses"]["loss_recovered"]["source"] == "loss_recovered"
+
+
+def test_ce_values_equal_models_own_loss(tiny_llama_dir, text_corpus, tmp_path) -> None:
+    from helpers import random_sae
+
+    sae = random_sae(64, 256, site=Site(2), seed=11)
+    entry = _run(tiny_llama_dir, text_corpus, saved_sae(tmp_path / "s", sae))
+    expected = _hf_losses(tiny_llama_dir, text_corpus, 2, sae)
+    m = entry["metrics"]
+    assert m["ce_clean"] == pytest.approx(expected["clean"], rel=1e-5)
+    assert m["ce_sae"] == pytest.approx(expected["sae"], rel=1e-5)
+    assert m["ce_ablated"] == pytest.approx(expected["ablated"], rel=1e-5)
+    gap = expected["ablated"] - expected["clean"]
+    assert m["loss_recovered"] == pytest.approx((expected["ablated"] - expected["sae"]) / gap,
+                                                rel=1e-4)  # fmt: skip
+
+
+def test_no_downstream_flag_reports_not_measured(tiny_llama_dir, text_corpus, tmp_path) -> None:
+    entry = _run(
+        tiny_llama_dir,
+        text_corpus,
+        saved_sae(tmp_path / "s", identity_sae(64, Site(1))),
+        downstream=False,
+    )
+    assert "loss_recovered" in entry["not_measured"]
+    assert entry["grading"]["statuses"]["loss_recovered"]["source"] == "variance_explained"
+
+
+@pytest.mark.slow
+def test_default_model_identity_and_zero(tmp_path) -> None:
+    from saedoctor.activations.model import ensure_default_cached
+
+    model_dir = ensure_default_cached()
+    site = Site(10)
+    ident = _run(
+        model_dir,
+        "python-docs@test",
+        saved_sae(tmp_path / "id", identity_sae(576, site)),
+        tokens=1024,
+        context=64,
+    )
+    m = ident["metrics"]
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert m["kl_sae"] == pytest.approx(0.0, abs=1e-5)
+    zero = _run(
+        model_dir,
+        "python-docs@test",
+        saved_sae(tmp_path / "z", zero_sae(576, site)),
+        tokens=1024,
+        context=64,
+    )
+    assert zero["metrics"]["loss_recovered"] == pytest.approx(0.0, abs=1e-9)
+    assert zero["metrics"]["kl_score"] == pytest.approx(0.0, abs=1e-9)
+    # CE of the clean model on the same tokens, by the model's own loss
+    assert m["ce_clean"] == pytest.approx(zero["metrics"]["ce_clean"], rel=1e-9)
