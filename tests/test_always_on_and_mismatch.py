@@ -107,3 +107,31 @@ def test_compare_corpus_reports_deltas_and_shift(tiny_llama_dir, text_corpus, tm
     same = diagnose(DiagnoseOptions(**{**opts.__dict__, "compare_corpus": str(text_corpus)}))
     assert same["saes"][0]["corpus_comparison"]["density_jsd"] == pytest.approx(0, abs=1e-12)
     assert same["saes"][0]["corpus_comparison"]["deltas"]["variance_explained"] == 0
+
+
+def test_first_letter_absorption_block_in_report(tiny_llama_dir, text_corpus, tmp_path):
+    from saedoctor.report.schema import validate_report
+
+    path = saved_sae(tmp_path / "s", random_sae(64, 256, site=Site(1)))
+    report = diagnose(
+        DiagnoseOptions(
+            model=str(tiny_llama_dir),
+            saes=[str(path)],
+            corpus=str(text_corpus),
+            tokens=256,
+            context=32,
+            batch_size=4,
+            quiet=True,
+            downstream=False,
+            first_letter_absorption=True,
+            first_letter_words=400,
+        )
+    )
+    entry = report["saes"][0]
+    block = entry["first_letter_absorption"]
+    value = block["first_letter_absorption"]
+    if value is None:  # the tiny BPE vocabulary may hold too few words: the reason is given
+        assert entry["not_measured"]["first_letter_absorption"] == block["reason"]
+    else:
+        assert 0 <= value <= 1 and entry["metrics"]["first_letter_absorption"] == value
+    validate_report(report, "constructed")

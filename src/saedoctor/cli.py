@@ -112,6 +112,13 @@ def diagnose(
         bool,
         typer.Option(help="measure loss recovered / KL by splicing each SAE into the model"),
     ] = True,
+    first_letter_absorption: Annotated[
+        bool,
+        typer.Option(help="also measure SAEBench's probe-based first-letter absorption (slow)"),
+    ] = False,
+    first_letter_words: Annotated[
+        int, typer.Option(help="words sampled for first-letter absorption")
+    ] = 4000,
     policy: Annotated[
         str | None, typer.Option(help="TOML file overriding the grading thresholds")
     ] = None,
@@ -140,7 +147,8 @@ def diagnose(
             context=context, batch_size=batch_size, device=device, dtype=dtype,
             activations=activations, include_special=include_special,
             always_on_threshold=always_on_threshold, explain_tokens=explain_tokens,
-            downstream=downstream,
+            downstream=downstream, first_letter_absorption=first_letter_absorption,
+            first_letter_words=first_letter_words,
             policy=policy, seed=seed, quiet=quiet,
         )  # fmt: skip
         document = run_diagnose(opts)

@@ -20,7 +20,7 @@ from saedoctor import defaults
 from saedoctor.errors import InputError
 from saedoctor.metrics.downstream import Downstream
 from saedoctor.metrics.suite import MetricSuite
-from saedoctor.progress import token_progress
+from saedoctor.progress import stderr_console, token_progress
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.model import SAE
 from saedoctor.sae.site import SITE_KINDS
@@ -49,6 +49,8 @@ class DiagnoseOptions:
     always_on_threshold: float = 0.80
     explain_tokens: int = 16_384
     downstream: bool = True
+    first_letter_absorption: bool = False
+    first_letter_words: int = 4000
     policy: str | None = None
     seed: int = 0
     quiet: bool = False
@@ -63,6 +65,8 @@ class DiagnoseOptions:
             raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if not 0 < self.always_on_threshold <= 1:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
+        if self.first_letter_absorption and self.activations is not None:
+            raise InputError("--first-letter-absorption needs a model: not with --activations")
         if self.compare_corpus is not None and self.activations is not None:
             raise InputError("--compare-corpus needs a model: it cannot be used with --activations")
 
@@ -244,10 +248,29 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, 
         info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
     _require_tokens(info, opts.corpus)
     extras: dict[str, Any] = {"explanations": explain_on_model(passes, units)}
+    if opts.first_letter_absorption:
+        extras["first_letter"] = first_letter_on_model(loaded, units, opts)
     if opts.compare_corpus:
         extras["comparisons"] = compare_on_model(passes, units)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
     return {"model": model_info, **info, **extras}
+
+
+def first_letter_on_model(loaded: Any, units: list[SAEUnderTest], opts: DiagnoseOptions) -> dict:
+    """SAEBench's probe-based first-letter absorption, per SAE (lower is better)."""
+    from saedoctor.metrics.first_letter import first_letter_absorption
+
+    out = {}
+    for unit in units:
+        stderr_console.print(f"first-letter absorption: {unit.name}")
+        try:
+            out[unit.name] = first_letter_absorption(
+                loaded.model, loaded.tokenizer, unit.sae, unit.sae.site,
+                max_words=opts.first_letter_words, device=opts.device, seed=opts.seed,
+            )  # fmt: skip
+        except InputError as err:  # e.g. a vocabulary with too few words: say why, go on
+            out[unit.name] = {"first_letter_absorption": None, "reason": str(err)}
+    return out
 
 
 def _require_tokens(info: dict[str, int], corpus: str) -> None:
@@ -410,10 +433,15 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
     histogram = metrics.pop("density_histogram")
     mean_activation = metrics.pop("mean_activation_when_active")
     metrics.update(unit.downstream.compute())
+    first_letter = info.get("first_letter", {}).get(unit.name)
+    if first_letter is not None and first_letter["first_letter_absorption"] is not None:
+        metrics["first_letter_absorption"] = first_letter["first_letter_absorption"]
     reason = NOT_MEASURED_WITHOUT_MODEL if info["model"] is None else NOT_MEASURED_OFF
     not_measured = {k: reason for k in ("loss_recovered", "kl_score") if metrics.get(k) is None}
     for key in not_measured:
         metrics.pop(key, None)
+    if first_letter is not None and "first_letter_absorption" not in metrics:
+        not_measured["first_letter_absorption"] = first_letter.get("reason", "not measured")
     return {
         "name": unit.name,
         "path": unit.path,
@@ -426,6 +454,7 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
         "prescriptions": [],
         "always_on_explanations": info.get("explanations", {}).get(unit.name, []),
         "corpus_comparison": info.get("comparisons", {}).get(unit.name),
+        "first_letter_absorption": first_letter,
         "density_histogram": histogram,
         "feature_density": density,
         "feature_mean_activation": mean_activation,
