@@ -26,6 +26,9 @@ ROWS: tuple[Row, ...] = (
     Row("variance_explained", "variance explained", "f4"),
     Row("variance_explained_legacy", "variance explained (legacy)", "f4"),
     Row("fvu", "FVU", "f4"),
+    Row("ce_clean", "CE clean", "f4"),
+    Row("ce_sae", "CE with SAE", "f4"),
+    Row("ce_ablated", "CE zero-ablated", "f4"),
     Row("kl_score", "KL score", "f4"),
     Row("mse", "MSE", "g4"),
     Row("cossim", "cosine(x, x̂)", "f4"),
@@ -37,6 +40,7 @@ ROWS: tuple[Row, ...] = (
     Row("never_fired_count", "never fired", "int"),
     Row("dense_count", "dense (>10%)", "int"),
     Row("absorption", "absorption (max dec. cos)", "f4"),
+    Row("first_letter_absorption", "first-letter absorption (lower is better)", "f4"),
     Row("tokens_seen", "tokens seen", "count"),
 )
 LABELS = {row.key: row.label for row in ROWS}
