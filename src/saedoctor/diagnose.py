@@ -121,25 +121,18 @@ class ModelPass:
     loaded: Any
     opts: DiagnoseOptions
     units: list[SAEUnderTest]
-    totals: dict[str, int] = field(default_factory=dict)
 
     def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
         from saedoctor.activations.stream import site_batches
 
-        totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
+        totals: dict[str, int] = {}
         sites = {u.sae.site for u in self.units}
-        with token_progress(self.opts.quiet) as progress:
-            task = progress.add_task(label, total=tokens)
-            for batch in self._batches(corpus, tokens):
-                totals["tokens_processed"] += batch.input_ids.numel()
-                totals["sequences"] += batch.input_ids.shape[0]
-                progress.update(task, advance=batch.input_ids.numel())
-                for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
-                    totals["tokens_counted"] += sb.seq_ids.numel()
-                    if keep is not None:
-                        keep(sb)
-                    for unit in self.units:
-                        feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink)
+        for batch in self._tracked(corpus, tokens, label, totals):
+            for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
+                if keep is not None:
+                    keep(sb)
+                for unit in self.units:
+                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink)
         return totals
 
     def run_downstream(self, corpus: str, tokens: int, label: str) -> dict[str, int]:
@@ -147,18 +140,24 @@ class ModelPass:
         one patched tail per SAE and one zero-ablated tail per site."""
         from saedoctor.activations.splice import Splicer
 
-        totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
+        totals: dict[str, int] = {}
         splicer = Splicer(self.loaded.model, {u.sae.site for u in self.units})
+        for batch in self._tracked(corpus, tokens, label, totals):
+            if batch.counted.any():
+                downstream_batch(splicer, self.units, batch, self.opts.device)
+        return totals
+
+    def _tracked(self, corpus: str, tokens: int, label: str, totals: dict[str, int]) -> Iterator:
+        """Token batches with a progress bar, counting into `totals` as they go."""
+        totals.update(tokens_processed=0, tokens_counted=0, sequences=0)
         with token_progress(self.opts.quiet) as progress:
             task = progress.add_task(label, total=tokens)
             for batch in self._batches(corpus, tokens):
                 totals["tokens_processed"] += batch.input_ids.numel()
+                totals["tokens_counted"] += int(batch.counted.sum())
                 totals["sequences"] += batch.input_ids.shape[0]
                 progress.update(task, advance=batch.input_ids.numel())
-                totals["tokens_counted"] += int(batch.counted.sum())
-                if batch.counted.any():
-                    downstream_batch(splicer, self.units, batch, self.opts.device)
-        return totals
+                yield batch
 
     def _batches(self, corpus: str, tokens: int) -> Iterator:
         from saedoctor.activations.batches import token_batches

@@ -15,21 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from saedoctor.activations.sites import _first_tensor, decoder_blocks, site_module
+from saedoctor.activations.sites import _first_tensor, _get_path, decoder_blocks, site_module
 from saedoctor.sae.site import Site
 
 _FINAL_NORMS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
                 "gpt_neox.final_layer_norm")  # fmt: skip
 _HEADS = ("lm_head", "embed_out")
-
-
-def _get(root: nn.Module, path: str) -> Any:
-    obj: Any = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def start_block(site: Site) -> int:
@@ -45,8 +36,8 @@ class Splicer:
         self.sites = tuple(dict.fromkeys(sites))
         self.blocks = decoder_blocks(model)
         self.first = min(start_block(s) for s in self.sites)
-        self.norm = next((m for p in _FINAL_NORMS if (m := _get(model, p)) is not None), None)
-        self.head = next((m for p in _HEADS if (m := _get(model, p)) is not None), None)
+        self.norm = next((m for p in _FINAL_NORMS if (m := _get_path(model, p)) is not None), None)
+        self.head = next((m for p in _HEADS if (m := _get_path(model, p)) is not None), None)
         self.resumable: bool | None = None if self.norm and self.head else False
         self._inputs: dict[int, tuple[tuple, dict]] = {}
         self._acts: dict[Site, torch.Tensor] = {}
