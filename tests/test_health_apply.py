@@ -46,6 +46,7 @@ def sample_run() -> dict[str, Any]:
                     "metadata": {
                         "trainer": {
                             "name": "saedoctor.quick_topk",
+                            "b_dec_init": "mean",
                             "expansion_factor": 8,
                             "k": 32,
                             "learning_rate": None,
@@ -157,7 +158,9 @@ def test_sample_run_with_problems_gets_merged_prescriptions() -> None:
     assert "auxk_alpha" not in presc
     assert (presc["expansion_factor"]["old"], presc["expansion_factor"]["new"]) == (8, 4)
     assert (presc["training_tokens"]["old"], presc["training_tokens"]["new"]) == (498688, 997376)
+    # The quick trainer starts b_dec at the data mean: the diversity loss comes next.
     assert presc["diversity_loss_weight"]["new"] == 0.01
+    assert presc["b_dec_init"]["old"] == "mean"
     json.dumps(doc, allow_nan=False)
 
 

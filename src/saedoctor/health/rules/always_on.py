@@ -109,7 +109,25 @@ def _explanation(bias: list[dict], pairs: list[dict]) -> str:
     return " ".join(parts)
 
 
+CENTRED_INITS = ("mean", "geometric_median")
+
+
 def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription]:
+    # Measured on the default model (docs/training.md, benchmarks/prescription_ab.py):
+    # b_dec at the data mean removed every always-on latent (16 -> 0) and raised variance
+    # explained; the diversity loss alone also removed them but lost reconstruction and
+    # killed latents, and with b_dec already at the mean it never engaged. So b_dec comes
+    # first, and the diversity loss only once b_dec already starts at the centre.
+    old_init = old_value(entry, "b_dec_init")
+    if old_init not in CENTRED_INITS:
+        why = (
+            "a decoder row is the mean direction: start b_dec at the data mean so no latent "
+            "learns it"
+            if bias
+            else "measured: b_dec at the data mean removed every always-on latent (16 -> 0) "
+            "where a diversity loss alone cost reconstruction"
+        )
+        return [prescribe(entry, "b_dec_init", "mean", why)]
     old_weight = as_number(old_value(entry, "diversity_loss_weight"))
     weight = DIVERSITY_WEIGHT if not old_weight else old_weight * 2
     found = [
@@ -117,16 +135,11 @@ def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription
             entry,
             "diversity_loss_weight",
             weight,
-            "penalise latents that fire on nearly every token (the guide's 0.01; doubled when "
-            "already in use)",
+            "b_dec already starts at the centre: penalise latents that fire on nearly every "
+            "token (the guide's 0.01; doubled when already in use)",
         )
     ]
-    old_init = old_value(entry, "b_dec_init")
-    new_init = "geometric_median" if old_init == "mean" else "mean"
-    why = (
-        "a decoder row is the mean direction: start b_dec at the data mean so no latent learns it"
-        if bias
-        else "a b_dec at the data centre removes the constant part that always-on latents absorb"
-    )
-    found.append(prescribe(entry, "b_dec_init", new_init, why))
+    if old_init == "mean":
+        robust = "a robust centre when the mean is pulled by outlier tokens"
+        found.append(prescribe(entry, "b_dec_init", "geometric_median", robust))
     return found
