@@ -141,7 +141,9 @@ def train_topk_sae(
         state.last_fvu = float(fvu.detach())
         if on_step is not None:
             on_step(state)
-    sae.cfg.metadata["trainer"] = {"name": "saedoctor.quick_topk", **asdict(cfg), "lr": lr}
+    sae.cfg.metadata["trainer"] = {
+        "name": "saedoctor.quick_topk", "b_dec_init": "mean", **asdict(cfg), "lr": lr,
+    }  # fmt: skip
     sae.cfg.metadata["training_tokens"] = state.tokens
     sae.requires_grad_(False)
     return sae

@@ -1,0 +1,446 @@
+"""saedoctor side by side with SAELens (and SAEBench core) on the same SAEs, model and tokens.
+
+    .venv/bin/python benchmarks/peer_agreement.py [--tokens 16384] [--layers 4,10,16,22,28]
+        [--quick] [--tl bridge|hooked] [--saebench-wheel PATH] [--train-tokens N]
+
+1. Builds one TopK SAE (576 -> 4608, k 32) per layer at `blocks.L.hook_resid_post` of the
+   default model (random but sane: unit-norm decoder, W_enc = W_dec.T, b_dec = the mean
+   activation; or, with --train-tokens, trained by saedoctor's quick trainer), saved with
+   saedoctor's `save_sae` (SAELens 6 layout) under --cache-dir; both sides load these files.
+2. saedoctor: ONE `diagnose` run for all the SAEs (one forward per batch for every site).
+3. SAELens: `sae_lens.evals.run_evals` (its own evaluation: downstream CE / KL via
+   `get_recons_loss`, then `get_sparsity_and_variance_metrics`) for each SAE, one after
+   another, on the same token tensors (saedoctor's packing, replayed by a store stub) with
+   `exclude_special_tokens` = {BOS, EOS, pad}: the positions saedoctor does not count.
+   The model is the same local HF model wrapped by TransformerLens 3's TransformerBridge
+   (bit-identical activations and logits; checked before timing) or, with --tl hooked, a
+   classic HookedTransformer (float32-rounding agreement only).
+4. SAEBench core (sae-bench 0.6.0) on the first layer's SAE, when importable (see --help).
+
+Both wall times include loading the language model (saedoctor's `diagnose` loads it
+itself); the SAELens side tokenises once and reuses the batches for every SAE (in its
+favour: an ActivationsStore would re-tokenise per SAE). The table lists every shared
+metric (ours, theirs, relative difference) and the wall-time ratio SAELens / saedoctor;
+results go to benchmarks/results/peer_agreement.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _peers  # noqa: E402
+from saedoctor.sae.loaders import save_sae  # noqa: E402
+
+TOLERANCE = 1e-4
+TARGET_RATIO = 3.0
+CORPUS = "python-docs@test"
+MEAN_CORPUS = "python-docs@train"
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "results" / "peer_agreement.json"
+# SAEBench 0.6.0 core: variance uses (mean of x^2)^2 for ||mean x||^2; mse is also / batch tokens.
+SAEBENCH_BUGS = ("variance_explained", "mse")
+EXACT_KEYS = ("dead_count", "never_fired_count", "dense_count", "always_on_count")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=16384, help="evaluation tokens (default 16384)")
+    p.add_argument("--layers", default="4,10,16,22,28", help="comma-separated resid_post layers")
+    p.add_argument("--quick", action="store_true", help="1024 tokens: a smoke run")
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--tl",
+        choices=("bridge", "hooked"),
+        default="bridge",
+        help="TransformerLens wrapper for SAELens (default: TransformerBridge)",
+    )
+    p.add_argument(
+        "--saebench-wheel",
+        default=None,
+        help="sae_bench-0.6.0 wheel (or unpacked folder) from `pip download "
+        "--no-deps sae-bench==0.6.0`, used when sae_bench is not installed",
+    )
+    p.add_argument(
+        "--saebench-layers",
+        default=None,
+        help="layers SAEBench core evaluates (default: the first; 'none' skips)",
+    )
+    p.add_argument(
+        "--train-tokens",
+        type=int,
+        default=0,
+        help="train the SAEs on this many python-docs@train tokens (default 0: random SAEs)",
+    )
+    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "saedoctor-peer"))
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.tokens = min(args.tokens, 1024)
+    args.layer_list = [int(x) for x in args.layers.split(",") if x.strip()]
+    if args.saebench_layers is None:
+        args.saebench_list = args.layer_list[:1]
+    elif args.saebench_layers.strip().lower() == "none":
+        args.saebench_list = []
+    else:
+        args.saebench_list = [int(x) for x in args.saebench_layers.split(",") if x.strip()]
+    return args
+
+
+# -- the SAEs -----------------------------------------------------------------------------
+def build_saes(args: argparse.Namespace, hf_model: Any, tokenizer: Any) -> dict[int, Path]:
+    """One SAE directory per layer, built once and cached under --cache-dir."""
+    kind = f"trained{args.train_tokens}" if args.train_tokens else "random"
+    root = Path(args.cache_dir) / kind
+    paths = {layer: root / f"L{layer}" for layer in args.layer_list}
+    todo = [layer for layer, p in paths.items() if not (p / "cfg.json").is_file()]
+    if not todo:
+        return paths
+    print(f"building {kind} SAEs for layers {todo} in {root}", file=sys.stderr)
+    if args.train_tokens:
+        saes = train_saes(hf_model, tokenizer, todo, args.train_tokens)
+    else:
+        means = _peers.site_means(hf_model, tokenizer, todo, MEAN_CORPUS, 4096)
+        saes = {
+            layer: _peers.random_topk_sae(layer, means[layer], model_name="SmolLM2-135M-Instruct")
+            for layer in todo
+        }
+    for layer, sae in saes.items():
+        save_sae(sae, paths[layer])
+    return paths
+
+
+def train_saes(hf_model: Any, tokenizer: Any, layers: list[int], tokens: int) -> dict[int, Any]:
+    from saedoctor.activations.stream import site_batches
+    from saedoctor.sae.site import Site
+    from saedoctor.train.quick import QuickTrainConfig, train_topk_sae
+
+    sites = [Site(layer) for layer in layers]
+    acts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    batches = _peers.eval_token_batches(tokenizer, MEAN_CORPUS, tokens, 128, 8)
+    for sb in site_batches(hf_model, sites, batches):
+        for s in sites:
+            acts[s].append(sb.acts[s])
+    out = {}
+    for s in sites:
+        sae = train_topk_sae(acts.pop(s), hf_model.config.hidden_size, QuickTrainConfig(), site=s)
+        sae.cfg.model_name = "SmolLM2-135M-Instruct"
+        out[s.layer] = sae
+    return out
+
+
+# -- the two runs -------------------------------------------------------------------------
+def run_saedoctor(args: argparse.Namespace, paths: dict[int, Path]) -> tuple[dict, float]:
+    from saedoctor.diagnose import DiagnoseOptions, diagnose
+
+    opts = DiagnoseOptions(
+        saes=[str(paths[layer]) for layer in args.layer_list],
+        corpus=CORPUS,
+        tokens=args.tokens,
+        context=args.context,
+        batch_size=args.batch_size,
+        quiet=True,
+    )
+    start = time.perf_counter()
+    report = diagnose(opts)
+    return report, time.perf_counter() - start
+
+
+def run_saelens(
+    args: argparse.Namespace, paths: dict[int, Path], model_dir: Path
+) -> tuple[dict[int, _peers.PeerResult], float, float, Any, _peers.TokenStore, list[int]]:
+    start = time.perf_counter()
+    hf_model, tokenizer = _peers.load_hf(model_dir)
+    tl_model = _peers.wrap_model(args.tl, hf_model, tokenizer, model_dir)
+    load_s = time.perf_counter() - start
+    batches = _peers.eval_token_batches(
+        tokenizer, CORPUS, args.tokens, args.context, args.batch_size
+    )
+    store = _peers.TokenStore.from_token_batches(batches)
+    ignore = _peers.special_token_ids(tokenizer)
+    results = {}
+    for layer in args.layer_list:
+        t = time.perf_counter()
+        results[layer] = _peers.saelens_evaluate(paths[layer], tl_model, store, ignore)
+        print(f"  SAELens L{layer}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return results, time.perf_counter() - start, load_s, tl_model, store, ignore
+
+
+# -- the table ----------------------------------------------------------------------------
+def compare(
+    ours: dict[str, Any], density: list[float], peer: _peers.PeerResult, bugs: tuple = ()
+) -> dict:
+    tokens = ours.get("tokens_seen")
+    rows = {}
+    for key in (*_peers.SAELENS_KEYS, *EXACT_KEYS):
+        a, b = ours.get(key), peer.metrics.get(key)
+        rel = _peers.rel_diff(a, b)
+        if key in EXACT_KEYS:
+            status = "ok" if a == b else "DIFF"
+        elif a is None and key in _peers.DOWNSTREAM_KEYS:
+            status = "not in report"
+        elif rel is None:
+            status = "n/a"
+        elif key in _peers.DEFINITION_NOTES:
+            status = "def"
+        elif key in bugs:
+            status = "peer bug"
+        else:
+            status = "ok" if rel <= TOLERANCE else "DIFF"
+        rows[key] = {"ours": a, "theirs": b, "rel_diff": rel, "status": status}
+    dd = _peers.density_diff(density, peer.density, tokens)
+    ok = dd["max_rel"] <= TOLERANCE
+    rows["density[]"] = {
+        "ours": None,
+        "theirs": None,
+        "rel_diff": dd["max_rel"],
+        "status": "ok" if ok else "DIFF",
+        **dd,
+    }
+    return rows
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def print_table(title: str, per_layer: dict[int, dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'metric':<30}{'layer':>6}{'saedoctor':>16}{'peer':>16}{'rel diff':>11}  status")
+    keys = next(iter(per_layer.values())).keys()
+    for key in keys:
+        for layer, rows in per_layer.items():
+            r = rows[key]
+            rel = "-" if r["rel_diff"] is None else f"{r['rel_diff']:.1e}"
+            print(
+                f"{key:<30}{layer:>6}{fmt(r['ours']):>16}{fmt(r['theirs']):>16}{rel:>11}"
+                f"  {r['status']}"
+            )
+    notes = [f"  def: {k}: peer = {v}" for k, v in _peers.DEFINITION_NOTES.items()]
+    print(
+        "\n".join(
+            [
+                "  density[]: max relative difference over features (per-feature firing)",
+                "  mse: both sides = mean over tokens of ||x - x_hat||^2 (sum over d_in)",
+                *notes,
+            ]
+        )
+    )
+
+
+def audit_density(
+    args: argparse.Namespace,
+    paths: dict[int, Path],
+    tl_model: Any,
+    ref_model: Any,
+    per_layer: dict[int, dict],
+    entries: dict[str, dict],
+    model_dir: Path,
+) -> dict[int, dict[str, int]]:
+    """For layers whose density vectors differ: is it the metric code or the inputs?"""
+    layers = [layer for layer, rows in per_layer.items() if rows["density[]"]["status"] == "DIFF"]
+    if not layers:
+        return {}
+    print(f"auditing density differences at layers {layers} ...", file=sys.stderr)
+    tokenizer = tl_model.tokenizer
+    batches = _peers.eval_token_batches(
+        tokenizer, CORPUS, args.tokens, args.context, args.batch_size
+    )
+    density = {layer: entries[paths[layer].name]["feature_density"] for layer in layers}
+    return _peers.topk_flip_audit(
+        {la: paths[la] for la in layers}, tl_model, ref_model, batches, density
+    )
+
+
+def print_audit(audit: dict[int, dict[str, int]], tl: str) -> None:
+    for layer, a in audit.items():
+        print(
+            f"  density[] L{layer}: SAELens's SAE on saedoctor's activations -> "
+            f"{a['counts_differ_from_saedoctor']} feature counts differ from saedoctor; "
+            f"TL ({tl}, eager attention) vs HF (sdpa) activations -> "
+            f"{a['tokens_with_other_topk']} token(s) with another top-k set, "
+            f"{a['counts_differ_between_inputs']} feature counts differ"
+        )
+
+
+def saebench_side(
+    args: argparse.Namespace, paths: dict[int, Path], tl_model: Any, store: Any, ignore: list
+) -> tuple[dict[int, _peers.PeerResult], str | None]:
+    if not args.saebench_list:
+        return {}, "SAEBench core skipped (--saebench-layers none)"
+    core = _peers.import_saebench_core(args.saebench_wheel)
+    if core is None:
+        return {}, _peers.saebench_hint()
+    out = {}
+    for layer in args.saebench_list:
+        out[layer] = _peers.saebench_evaluate(core, paths[layer], tl_model, store, ignore)
+    return out, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _peers.offline()
+    torch.manual_seed(0)
+    model_dir = _peers.default_model_dir()
+    ref_model, tokenizer = _peers.load_hf(model_dir)  # an HF model no wrapper touches
+    paths = build_saes(args, ref_model, tokenizer)
+
+    print(
+        f"saedoctor: one diagnose run, {len(paths)} SAEs, {args.tokens} tokens ...", file=sys.stderr
+    )
+    report, ours_s = run_saedoctor(args, paths)
+    print(f"SAELens ({args.tl}): run_evals per SAE, one after another ...", file=sys.stderr)
+    peers, theirs_s, load_s, tl_model, store, ignore = run_saelens(args, paths, model_dir)
+
+    check = _peers.check_against_hf(tl_model, ref_model, store.batches[0], args.layer_list)
+    entries = {Path(e["path"]).name: e for e in report["saes"]}
+    per_layer, ours_flat = {}, {}
+    for layer in args.layer_list:
+        entry = entries[paths[layer].name]
+        ours_flat[layer] = entry["metrics"]
+        per_layer[layer] = compare(entry["metrics"], entry["feature_density"], peers[layer])
+
+    audit = audit_density(args, paths, tl_model, ref_model, per_layer, entries, model_dir)
+    sb_results, sb_note = saebench_side(args, paths, tl_model, store, ignore)
+    sb_rows = {
+        layer: compare(
+            ours_flat[layer], entries[paths[layer].name]["feature_density"], r, SAEBENCH_BUGS
+        )
+        for layer, r in sb_results.items()
+    }
+
+    counted = report["run"].get("tokens_counted")
+    print(
+        f"\nmodel: default SmolLM2-135M-Instruct, float32, CPU ({torch.get_num_threads()} "
+        f"threads); {args.tokens} tokens ({counted} counted) of {CORPUS}, context "
+        f"{args.context}, batch {args.batch_size}; SAEs: "
+        f"{'trained' if args.train_tokens else 'random'} TopK 576->4608 k=32"
+    )
+    print(
+        f"TransformerLens ({args.tl}) vs HF: logits max|diff| "
+        f"{check['logits_max_abs_diff']:.3g} (|logits| <= {check['logits_max_abs']:.3g}), "
+        f"resid_post max|diff| {check['resid_post_max_abs_diff']:.3g}"
+    )
+    print_table("saedoctor vs SAELens run_evals", per_layer)
+    if sb_rows:
+        print_table(
+            "saedoctor vs SAEBench 0.6.0 core (explained_variance / mse: known bugs, "
+            "fixed in SAELens 6.45.x; compare variance_explained_legacy)",
+            sb_rows,
+        )
+    if audit:
+        print("\ndensity[] differences, audited (same token positions):")
+        print_audit(audit, args.tl)
+    if sb_note:
+        print(f"\n{sb_note}")
+    ratio = theirs_s / ours_s
+    print(
+        f"\nwall time, {len(paths)} SAEs (model load included on both sides): saedoctor "
+        f"{ours_s:.1f} s in one run; SAELens {theirs_s:.1f} s one after another "
+        f"(of which {load_s:.1f} s model load + wrap)"
+    )
+    verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+    print(f"ratio SAELens / saedoctor = {ratio:.2f}x ({verdict} the {TARGET_RATIO:.0f}x target)")
+
+    disagreements = [
+        f"{k}@L{layer}"
+        for layer, rows in per_layer.items()
+        for k, r in rows.items()
+        if r["status"] == "DIFF"
+    ]
+    missing = [
+        k
+        for k in _peers.DOWNSTREAM_KEYS
+        if per_layer[args.layer_list[0]][k]["status"] == "not in report"
+    ]
+    if missing:
+        print(f"note: saedoctor's report has no {', '.join(missing)} yet")
+    print(
+        "agreement: "
+        + (
+            "every shared metric within 1e-4"
+            if not disagreements
+            else "DIFFERENT: " + ", ".join(disagreements)
+        )
+    )
+    explained = [
+        layer
+        for layer, a in audit.items()
+        if a["counts_differ_from_saedoctor"] == 0
+        and a["counts_differ_between_inputs"]
+        == per_layer[layer]["density[]"]["features_with_different_counts"]
+    ]
+    if explained:
+        print(
+            f"  density[] at layers {explained}: SAELens's own SAE, given saedoctor's exact "
+            "activations, reproduces saedoctor's counts; the differences are top-k boundary "
+            f"flips from the inputs (TransformerLens {args.tl}: eager attention, saedoctor: "
+            "HF sdpa), not from either side's metric code"
+        )
+
+    result = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+        },
+        "options": {k: v for k, v in vars(args).items() if k not in ("layer_list",)},
+        "tokens_counted": counted,
+        "tl_check": check,
+        "wall_time_s": {
+            "saedoctor": ours_s,
+            "saelens": theirs_s,
+            "saelens_model_load": load_s,
+            "includes_model_load": True,
+        },
+        "time_ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "tolerance": TOLERANCE,
+        "disagreements": disagreements,
+        "disagreements_explained_by_inputs": [f"density[]@L{la}" for la in explained],
+        "saelens": {str(k): v for k, v in per_layer.items()},
+        "density_audit": {str(k): v for k, v in audit.items()},
+        "saebench": {str(k): v for k, v in sb_rows.items()},
+        "saebench_note": sb_note,
+        "versions": versions(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("saedoctor", "sae-lens", "transformer-lens", "torch", "transformers", "sae-bench"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""The training configuration: one dataclass under the guide's parameter names.
+
+`TrainConfig` holds the run (model, layers, dataset, token budget, batching) and the SAE
+hyper-parameters; `layer_overrides` changes SAE hyper-parameters for some layers only
+(`{22: {"expansion_factor": 16}}`, or a range `{"16-28": {...}}`). Values that cannot work
+are refused with an `InputError` that says why, never silently used: an expansion factor
+below 1 (the guide recommends 0.25, which makes the dictionary narrower than the model), a
+ReLU SAE without any sparsity penalty, a dead-feature threshold given as a fraction, ...
+
+Loss units (see docs/training.md): the trainer rescales activations so each dimension has
+unit variance on average (`x' = s·x`, `s² = d_in / E‖x - mean‖²`; folded back on export), and
+every term is SAELens's divided by `d_in`, so the reconstruction term is a fraction of
+variance unexplained and `l1_penalty` / `sparsity_penalty` mean what SAELens's
+`l1_coefficient` / `l0_coefficient` mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from saedoctor import defaults
+from saedoctor.errors import InputError
+from saedoctor.sae.site import SITE_KINDS
+
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+PRECISIONS = ("fp32", "bf16")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+LOGGERS = ("wandb", "tensorboard")
+DEFAULT_DEAD_TOKENS = 100_000
+# Guide-name aliases accepted on input (config files, trainer metadata of other tools).
+ALIASES = {"k": "top_k", "lr": "learning_rate", "l1_coefficient": "l1_penalty",
+           "l0_coefficient": "sparsity_penalty", "corpus": "dataset",
+           "total_training_tokens": "training_tokens"}  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Everything `saedoctor train` takes. SAE fields may differ per layer (`layer_overrides`)."""
+
+    # -- the run ------------------------------------------------------------------------
+    model: str = defaults.DEFAULT_MODEL
+    layers: list[int] = field(default_factory=lambda: [defaults.DEFAULT_LAYER])
+    site: str = defaults.DEFAULT_SITE_KIND
+    dataset: str = defaults.DEFAULT_TRAIN_CORPUS
+    text_field: str = "text"
+    training_tokens: int = 500_000  # activation tokens the SAEs train on (counted tokens)
+    context: int = defaults.DEFAULT_CONTEXT
+    batch_size: int = 8  # sequences per LM forward and per SAE micro-batch (x context tokens)
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    shuffle_tokens: int = 32_768  # tokens pooled and shuffled before slicing micro-batches
+    include_special: bool = False
+    device: str = "cpu"
+    model_dtype: str = "float32"
+    precision: str = "fp32"  # SAE matmuls: fp32, or bf16 autocast
+    seed: int = 0
+    # -- the SAE (per-layer overridable) ------------------------------------------------
+    architecture: str = "topk"
+    expansion_factor: float = 8
+    top_k: int = 32
+    l1_penalty: float = 0.0
+    sparsity_penalty: float = 0.0
+    diversity_loss_weight: float = 0.0
+    diversity_target_density: float = 0.5
+    decoder_orthogonality_weight: float = 0.0
+    auxk_alpha: float = 1 / 32
+    dead_feature_threshold: int = DEFAULT_DEAD_TOKENS  # tokens without firing = dead (AuxK)
+    b_dec_init: str = "mean"
+    learning_rate: float | None = None  # None: 2e-4 / sqrt(d_sae / 2**14) (sparsify)
+    lr_warmup_steps: int = 50
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.01
+    # -- monitoring, checkpoints ----------------------------------------------------------
+    monitor_every: int | None = None  # steps; None: enough for a 40k-token window
+    always_on_threshold: float = 0.8
+    checkpoint_every: int = 500  # steps; 0: only on Ctrl-C
+    log_to: list[str] = field(default_factory=list)
+    wandb_project: str = "saedoctor"
+    layer_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preset: str | None = None
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def micro_batch_tokens(self) -> int:
+        return self.batch_size * self.context
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro_batch_tokens * self.gradient_accumulation
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.training_tokens // self.tokens_per_step)
+
+    def validate(self) -> TrainConfig:
+        """Raise InputError for anything that cannot work; returns self."""
+        _check_run(self)
+        for layer in self.layers:
+            _check_sae(self.for_layer(layer), f"layer {layer}: " if self.layer_overrides else "")
+        return self
+
+    def for_layer(self, layer: int) -> TrainConfig:
+        """This config with the overrides that apply to `layer` (later keys win)."""
+        cfg = replace(self, layers=[layer], layer_overrides={})
+        for key, changes in self.layer_overrides.items():
+            if layer in _layer_range(key):
+                cfg = _with(cfg, changes, f"layer_overrides[{key!r}]", SAE_FIELDS)
+        return cfg
+
+    def sae_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SAE_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict (a config file, a trainer metadata block); unknown keys refused."""
+        return _with(cls(), data, source, tuple(f.name for f in fields(cls))).validate()
+
+
+RUN_FIELDS = (
+    "model", "layers", "site", "dataset", "text_field", "training_tokens", "context",
+    "batch_size", "gradient_accumulation", "shuffle_tokens", "include_special", "device",
+    "model_dtype", "precision", "seed", "monitor_every", "always_on_threshold",
+    "checkpoint_every", "log_to", "wandb_project", "layer_overrides", "preset",
+)  # fmt: skip
+SAE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_FIELDS)
+
+
+# -- presets --------------------------------------------------------------------------------
+# Measured on the embedded default (docs/training.md, benchmarks/train_presets.py and
+# benchmarks/prescription_ab.py), not copied from the guide:
+# - general: TopK x8 k=32 with AuxK and b_dec at the mean. python-docs, block 22, 120k tokens:
+#   0 always-on, 0.1 % dead, variance explained 0.62 (b_dec at zero: 16 always-on, 67 % dead,
+#   0.48). The default SAE (block 10, 0.5M tokens) with this config: 0.78.
+# - domain: a narrow corpus has fewer directions to cover: x4 k=64. python-code, block 10,
+#   120k tokens: variance explained 0.633 vs 0.544 for general (x8 k=64: 0.578, x4 k=32: 0.577).
+# The diversity loss is off in both: with b_dec at the mean no latent reached its density
+# target in any run, so it changed nothing (bit-identical weights).
+PRESETS: dict[str, dict[str, Any]] = {
+    "general": {"architecture": "topk", "expansion_factor": 8, "top_k": 32,
+                "auxk_alpha": 1 / 32, "b_dec_init": "mean", "diversity_loss_weight": 0.0},
+    "domain": {"architecture": "topk", "expansion_factor": 4, "top_k": 64,
+               "auxk_alpha": 1 / 32, "b_dec_init": "mean", "diversity_loss_weight": 0.0},
+}  # fmt: skip
+
+
+def preset_config(name: str, **changes: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise InputError(f"--preset {name!r}: expected one of {', '.join(PRESETS)}")
+    cfg = _with(TrainConfig(preset=name), PRESETS[name], f"preset {name}", SAE_FIELDS + RUN_FIELDS)
+    return _with(cfg, changes, "options", SAE_FIELDS + RUN_FIELDS)
+
+
+def with_changes(cfg: TrainConfig, changes: dict[str, Any], source: str) -> TrainConfig:
+    """`cfg` with `changes` applied (guide names or aliases); unknown names refused."""
+    return _with(cfg, changes, source, SAE_FIELDS + RUN_FIELDS)
+
+
+def _with(cfg: TrainConfig, changes: dict[str, Any], source: str, allowed: tuple) -> TrainConfig:
+    updates: dict[str, Any] = {}
+    for raw_key, value in changes.items():
+        key = ALIASES.get(raw_key, raw_key)
+        if key == "layer":
+            key, value = "layers", [value]
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            extra = f" (did you mean {hint[0]}?)" if hint else ""
+            where = "per-layer " if allowed is SAE_FIELDS else ""
+            raise InputError(f"{source}: unknown {where}training field {raw_key!r}{extra}")
+        updates[key] = _coerce(key, value, source)
+    return replace(cfg, **updates)
+
+
+_INT_FIELDS = ("training_tokens", "context", "batch_size", "gradient_accumulation",
+               "shuffle_tokens", "seed", "top_k", "lr_warmup_steps", "checkpoint_every")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    if key in _INT_FIELDS and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{source}: {key}={value}: expected a whole number")
+        return int(value)
+    if key == "layers":
+        values = value if isinstance(value, list | tuple) else [value]
+        try:
+            return [int(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{source}: layers={value!r}: expected block indices") from e
+    if key == "layer_overrides" and isinstance(value, dict):
+        return {str(k): dict(v) for k, v in value.items()}
+    if key == "dead_feature_threshold" and isinstance(value, float) and value.is_integer():
+        return int(value) if value >= 1 else value
+    return value
+
+
+def _layer_range(key: str) -> range:
+    text = str(key).strip()
+    if m := re.fullmatch(r"(\d+)\s*-\s*(\d+)", text):
+        return range(int(m.group(1)), int(m.group(2)) + 1)
+    if text.isdigit():
+        return range(int(text), int(text) + 1)
+    raise InputError(f"layer_overrides key {key!r}: expected a layer like 22 or a range like 16-28")
+
+
+# -- validation -----------------------------------------------------------------------------
+def _positive_int(cfg: TrainConfig, name: str, minimum: int = 1) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError(f"{name}={value!r}: expected a whole number >= {minimum}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+
+
+def _check_run(cfg: TrainConfig) -> None:
+    if not cfg.layers:
+        raise InputError("layers: expected at least one block index")
+    if len(set(cfg.layers)) != len(cfg.layers) or min(cfg.layers) < 0:
+        raise InputError(f"layers={cfg.layers}: expected distinct 0-based block indices")
+    _choice("site", cfg.site, SITE_KINDS)
+    for name in ("context", "batch_size", "gradient_accumulation", "shuffle_tokens"):
+        _positive_int(cfg, name, 2 if name == "context" else 1)
+    _positive_int(cfg, "training_tokens")
+    if cfg.training_tokens < cfg.tokens_per_step:
+        raise InputError(
+            f"training_tokens={cfg.training_tokens}: fewer than one optimizer step "
+            f"(batch_size {cfg.batch_size} x context {cfg.context} x gradient_accumulation "
+            f"{cfg.gradient_accumulation} = {cfg.tokens_per_step} tokens)"
+        )
+    if cfg.shuffle_tokens < cfg.micro_batch_tokens:
+        raise InputError(
+            f"shuffle_tokens={cfg.shuffle_tokens}: expected at least one micro-batch "
+            f"({cfg.micro_batch_tokens} tokens)"
+        )
+    _choice("precision", cfg.precision, PRECISIONS)
+    _choice("model_dtype", cfg.model_dtype, MODEL_DTYPES)
+    for name in cfg.log_to:
+        _choice("log_to", name, LOGGERS)
+    if cfg.monitor_every is not None:
+        _positive_int(cfg, "monitor_every")
+    _positive_int(cfg, "checkpoint_every", 0)
+    if not 0 < cfg.always_on_threshold <= 1:
+        raise InputError(f"always_on_threshold={cfg.always_on_threshold}: expected (0, 1]")
+    for key in cfg.layer_overrides:
+        _layer_range(key)
+
+
+def _check_sae(cfg: TrainConfig, where: str) -> None:
+    _choice(f"{where}architecture", cfg.architecture, ARCHITECTURES)
+    _choice(f"{where}b_dec_init", cfg.b_dec_init, B_DEC_INITS)
+    ef = cfg.expansion_factor
+    if not isinstance(ef, int | float) or not math.isfinite(ef) or ef < 1:
+        raise InputError(
+            f"{where}expansion_factor={ef!r}: expected >= 1. The expansion factor is d_sae / "
+            "d_model; below 1 the dictionary has fewer latents than the model has dimensions "
+            "and cannot be overcomplete (the guide's 0.25 / 0.2 / 0.15 are not usable)"
+        )
+    if cfg.architecture in ("topk", "batchtopk"):
+        _positive_int(cfg, "top_k")
+    for name in ("l1_penalty", "sparsity_penalty", "diversity_loss_weight",
+                 "decoder_orthogonality_weight", "auxk_alpha"):  # fmt: skip
+        value = getattr(cfg, name)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise InputError(f"{where}{name}={value!r}: expected a number >= 0")
+    if cfg.architecture == "relu" and cfg.l1_penalty <= 0 and cfg.sparsity_penalty <= 0:
+        raise InputError(
+            f"{where}architecture relu with l1_penalty=0 and sparsity_penalty=0: a ReLU SAE "
+            "needs a sparsity penalty or it learns a dense code; set l1_penalty (e.g. 5) or "
+            "use architecture topk"
+        )
+    if cfg.architecture == "jumprelu" and cfg.sparsity_penalty <= 0 and cfg.l1_penalty <= 0:
+        raise InputError(
+            f"{where}architecture jumprelu needs sparsity_penalty > 0 (its L0 penalty, e.g. 1)"
+        )
+    if not 0 < cfg.diversity_target_density < 1:
+        raise InputError(
+            f"{where}diversity_target_density={cfg.diversity_target_density}: expected (0, 1)"
+        )
+    _check_dead_threshold(cfg, where)
+    lr = cfg.learning_rate
+    if lr is not None and (not isinstance(lr, int | float) or not 0 < lr < 1):
+        raise InputError(f"{where}learning_rate={lr!r}: expected a number in (0, 1)")
+    _positive_int(cfg, "lr_warmup_steps", 0)
+    if not 0 <= cfg.lr_decay_fraction <= 1:
+        raise InputError(f"{where}lr_decay_fraction={cfg.lr_decay_fraction}: expected [0, 1]")
+    if not cfg.jumprelu_bandwidth > 0 or not cfg.jumprelu_init_threshold > 0:
+        raise InputError(f"{where}jumprelu_bandwidth / jumprelu_init_threshold: expected > 0")
+
+
+def _check_dead_threshold(cfg: TrainConfig, where: str) -> None:
+    value = cfg.dead_feature_threshold
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(
+            f"{where}dead_feature_threshold={value!r}: expected a number of tokens (>= 1) "
+            "after which a latent that has not fired counts as dead for AuxK, e.g. 100000. "
+            "A fraction such as the guide's 0.1 ('10%') is not a token count, and as a "
+            "density threshold it would call most healthy latents dead"
+        )
+
+
+def check_against_model(cfg: TrainConfig, n_layers: int, d_model: int, model: str) -> None:
+    """Checks that need the model: layer range, and k against the dictionary size."""
+    for layer in cfg.layers:
+        if layer >= n_layers:
+            raise InputError(
+                f"layer {layer} out of range: model {model} has {n_layers} blocks "
+                f"(0..{n_layers - 1})"
+            )
+        sub = cfg.for_layer(layer)
+        d_sae = d_sae_for(sub, d_model)
+        if sub.architecture in ("topk", "batchtopk") and sub.top_k > d_sae:
+            raise InputError(
+                f"layer {layer}: top_k={sub.top_k} exceeds the dictionary size d_sae={d_sae} "
+                f"(expansion_factor {sub.expansion_factor} x d_model {d_model})"
+            )
+
+
+def d_sae_for(cfg: TrainConfig, d_in: int) -> int:
+    return max(1, round(cfg.expansion_factor * d_in))

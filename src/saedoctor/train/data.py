@@ -1,0 +1,177 @@
+"""Activation pools for training: one LM forward per batch serves every site, tokens are
+pooled and shuffled, and every pool can be rebuilt exactly from its start position.
+
+A pool is filled from whole LM batches until it holds its target of counted tokens
+(`shuffle_tokens`, or fewer for the last pool of a run: only what the remaining steps need);
+its micro-batches are slices of one permutation seeded by (seed, pool index), the tail shorter
+than a micro-batch is dropped. A checkpoint stores the pool's start (epoch, sequence) and how
+many of its micro-batches were used; resuming re-reads the same sequences (the forward pass is
+deterministic on CPU), rebuilds the same permutation and skips the used micro-batches, so the
+resumed run sees exactly the data an uninterrupted one would, without saving activations.
+A corpus shorter than the token budget is read again from the start (a new epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from saedoctor.errors import InputError
+from saedoctor.sae.site import Site
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a pool starts: the epoch and the sequences already consumed in it."""
+
+    epoch: int = 0
+    sequence: int = 0
+
+
+@dataclass
+class Pool:
+    index: int
+    start: Position
+    acts: dict[Site, torch.Tensor]  # [n, d] per site, the same tokens in the same order
+    end: Position | None = None  # where the next pool starts
+
+    @property
+    def tokens(self) -> int:
+        return next(iter(self.acts.values())).shape[0]
+
+
+class Source(Protocol):
+    sites: list[Site]
+    d_in: int
+
+    def pools(self, start: Position, index: int,
+              target: Callable[[int], int]) -> Iterator[Pool]: ...  # fmt: skip
+
+
+def micro_batches(pool: Pool, size: int, seed: int) -> list[torch.Tensor]:
+    """Index tensors of the pool's micro-batches (one seeded permutation)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + pool.index)
+    order = torch.randperm(pool.tokens, generator=gen)
+    return [order[s : s + size] for s in range(0, pool.tokens - size + 1, size)]
+
+
+class _Pooler:
+    """Accumulate per-site activation chunks until a pool is full."""
+
+    def __init__(self, sites: list[Site], target: int) -> None:
+        self.sites, self.target = sites, target
+        self.chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+        self.held = 0
+
+    def add(self, acts: dict[Site, torch.Tensor]) -> None:
+        for site in self.sites:
+            self.chunks[site].append(acts[site].float())
+        self.held += next(iter(acts.values())).shape[0]
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.target
+
+    def take(self, index: int, start: Position, end: Position) -> Pool:
+        pool = Pool(index, start, {s: torch.cat(c) for s, c in self.chunks.items()}, end)
+        self.chunks = {s: [] for s in self.sites}
+        self.held = 0
+        return pool
+
+
+class ModelSource:
+    """Activations at several sites of a language model, read in one forward per batch."""
+
+    def __init__(self, loaded: Any, sites: list[Site], corpus: str, *, text_field: str,
+                 context: int, batch_size: int, shuffle_tokens: int, include_special: bool,
+                 device: str) -> None:  # fmt: skip
+        self.loaded, self.sites, self.corpus = loaded, list(sites), corpus
+        self.d_in = loaded.d_model
+        self.text_field, self.context, self.batch_size = text_field, context, batch_size
+        self.shuffle_tokens, self.include_special, self.device = (
+            shuffle_tokens, include_special, device)  # fmt: skip
+        # Checked after every LM batch: a Ctrl-C during a long pool fill stops the fill (the
+        # trainer then saves its last step's state; the pool is rebuilt on resume).
+        self.interrupted: Callable[[], bool] = lambda: False
+
+    def _batches(self, skip: int) -> Iterator[Any]:
+        from saedoctor.activations.batches import token_batches
+        from saedoctor.activations.corpus import iter_documents
+
+        return token_batches(
+            self.loaded.tokenizer,
+            iter_documents(self.corpus, text_field=self.text_field),
+            context=self.context,
+            batch_size=self.batch_size,
+            max_tokens=None,
+            include_special=self.include_special,
+            skip_sequences=skip,
+            name=self.corpus,
+        )
+
+    def pools(self, start: Position, index: int,
+              target: Callable[[int], int]) -> Iterator[Pool]:  # fmt: skip
+        """Pools from `start`; `target(i)` is asked for pool i's size when it starts filling."""
+        from saedoctor.activations.sites import SiteReader
+        from saedoctor.activations.stream import counted_rows
+
+        epoch, seq = start.epoch, start.sequence
+        pooler = _Pooler(self.sites, target(index))
+        pool_start = Position(epoch, seq)
+        with SiteReader(self.loaded.model, self.sites) as reader:
+            while True:
+                seen, from_start = 0, seq == 0
+                for batch in self._batches(seq):
+                    seq = batch.first_sequence + batch.input_ids.shape[0]
+                    positions, _ = counted_rows(batch)
+                    if positions.numel() == 0:
+                        continue
+                    acts = reader.read(batch.input_ids.to(self.device))
+                    pooler.add({s: a.reshape(-1, a.shape[-1])[positions.to(a.device)]
+                                for s, a in acts.items()})  # fmt: skip
+                    seen += positions.numel()
+                    if self.interrupted():
+                        return
+                    if pooler.full:
+                        yield pooler.take(index, pool_start, Position(epoch, seq))
+                        index += 1
+                        pool_start = Position(epoch, seq)
+                        pooler.target = target(index)
+                if seen == 0 and from_start:
+                    raise InputError(f"corpus {self.corpus!r}: no counted tokens to train on")
+                if pooler.held:  # the end of the corpus: a short last pool
+                    yield pooler.take(index, pool_start, Position(epoch + 1, 0))
+                    index += 1
+                    pooler.target = target(index)
+                epoch, seq = epoch + 1, 0
+                pool_start = Position(epoch, seq)
+
+
+class TensorSource:
+    """In-memory activations (tests, benchmarks): `{site: [N, d]}` read in order, cycled."""
+
+    def __init__(self, acts: dict[Site, torch.Tensor] | torch.Tensor, shuffle_tokens: int,
+                 site: Site | None = None, corpus: str | None = None) -> None:  # fmt: skip
+        self.corpus = corpus  # where the activations came from, for the SAEs' metadata
+        if isinstance(acts, torch.Tensor):
+            acts = {site or Site(0): acts}
+        self.acts = {s: a.float() for s, a in acts.items()}
+        self.sites = list(self.acts)
+        self.d_in = next(iter(self.acts.values())).shape[1]
+        self.n = next(iter(self.acts.values())).shape[0]
+        self.shuffle_tokens = shuffle_tokens
+
+    def pools(self, start: Position, index: int,
+              target: Callable[[int], int]) -> Iterator[Pool]:  # fmt: skip
+        epoch, seq = start.epoch, start.sequence
+        while True:
+            while seq < self.n:
+                end = min(self.n, seq + target(index))
+                nxt = Position(epoch, end) if end < self.n else Position(epoch + 1, 0)
+                yield Pool(index, Position(epoch, seq),
+                           {s: a[seq:end] for s, a in self.acts.items()}, nxt)  # fmt: skip
+                index, seq = index + 1, end
+            epoch, seq = epoch + 1, 0

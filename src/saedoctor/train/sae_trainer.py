@@ -1,0 +1,376 @@
+"""One SAE under training: parameters, loss terms, optimizer, bookkeeping, export.
+
+Training runs on rescaled activations `x' = s·x` (`s² = d_in / E‖x - mean‖²`, estimated
+once at the start) so one set of coefficients works at every layer and model; `export()`
+folds `s` back, so the saved SAE reads raw activations. Loss terms (means over the tokens of
+a micro-batch, all divided by `d_in` so the reconstruction term is a fraction of variance):
+
+- reconstruction: `‖x' - x̂'‖² / d_in`
+- `l1_penalty · Σ_i f_i ‖W_dec_i‖ / d_in`
+- `sparsity_penalty · L0 / d_in`: JumpReLU counts `H(z - θ)` with straight-through
+  threshold gradients (Rajamanoharan et al. 2024); other architectures use the smooth
+  `Σ tanh(f_i ‖W_dec_i‖)`
+- `auxk_alpha · ‖ê - e‖² / d_in`: the dead latents' top activations reconstruct the
+  residual `e` (Gao et al. 2024); dead = no firing for `dead_feature_threshold` tokens
+- `diversity_loss_weight · Σ_{i: ρ_i > target} f_i`: an activation penalty on the latents
+  whose running firing density ρ_i exceeds `diversity_target_density`, i.e. those turning
+  always-on (not divided by d_in: it is an L1 of d_in × weight on those latents only)
+- `decoder_orthogonality_weight · mean_{i∈S} max_{j≠i} cos(W_dec_i, W_dec_j)²` over a random
+  sample S of decoder rows each step: the absorption metric itself (mean max decoder
+  cosine), squared. (A Frobenius ‖W_dec W_decᵀ - I‖² penalty was measured to barely move
+  the max cosine: it is dominated by the many small cosines of an overcomplete dictionary.)
+
+Decoder rows stay unit-norm: the gradient component along each row is removed before the
+Adam step and rows are renormalised after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from saedoctor.sae.codes import Codes
+from saedoctor.sae.model import SAE, SAEConfig
+from saedoctor.sae.site import Site
+from saedoctor.train.config import TrainConfig, d_sae_for
+
+DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
+ORTHO_SAMPLE_ROWS = 512
+GEOMEDIAN_TOKENS = 8192
+BATCHTOPK_THRESHOLD_DECAY = 0.99
+# JumpReLU thresholds live on the activation scale (~1 after rescaling) and get gradients only
+# from tokens within a bandwidth of them: at the weights' learning rate they would move by
+# ~0.1 in a few hundred steps, so they learn 10x faster.
+THRESHOLD_LR_SCALE = 10.0
+_BUFFERS = ("since_fired", "density_ema", "scale", "batchtopk_threshold")
+
+
+# -- JumpReLU straight-through estimators ------------------------------------------------
+def _rect(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad * (z > theta).to(z.dtype)
+        grad_theta = (-(theta / eps) * _rect((z - theta) / eps) * grad).sum(0)
+        return grad_z, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = (-(1.0 / eps) * _rect((z - theta) / eps) * grad).sum(0)
+        return None, grad_theta, None
+
+
+# -- helpers -------------------------------------------------------------------------------
+def geometric_median(x: torch.Tensor, iters: int = 50, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm in float64."""
+    x = x.double()
+    median = x.mean(0)
+    for _ in range(iters):
+        dist = (x - median).norm(dim=1).clamp_min(1e-12)
+        weights = 1.0 / dist
+        new = (weights[:, None] * x).sum(0) / weights.sum()
+        if (new - median).norm() <= tol * median.norm().clamp_min(1e-12):
+            return new
+        median = new
+    return median
+
+
+def lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """Linear warm-up over `warmup` steps, constant, then linear decay to 0 at `total`."""
+    factor = 1.0
+    if warmup > 0 and step < warmup:
+        factor = (step + 1) / warmup
+    decay_steps = int(total * decay_fraction)
+    if decay_steps > 0 and step >= total - decay_steps:
+        factor = min(factor, max(0.0, (total - step) / decay_steps))
+    return factor
+
+
+@dataclass
+class StepOutput:
+    """One micro-batch: loss parts (floats), codes and reconstruction in raw units."""
+
+    losses: dict[str, float]
+    codes: Codes
+    x_hat: torch.Tensor
+
+
+class TrainableSAE:
+    """Parameters, optimizer and running statistics of one SAE being trained."""
+
+    def __init__(
+        self, name: str, site: Site, cfg: TrainConfig, d_in: int, total_steps: int,
+        device: str = "cpu",
+    ) -> None:  # fmt: skip
+        self.name, self.site, self.cfg = name, site, cfg
+        self.d_in, self.d_sae = d_in, d_sae_for(cfg, d_in)
+        self.total_steps = total_steps
+        self.device = torch.device(device)
+        self.arch = cfg.architecture
+        self.base_lr = cfg.learning_rate or 2e-4 / math.sqrt(self.d_sae / 2**14)
+        self.params = self._init_params()
+        fused = self.device.type in ("cpu", "cuda")
+        groups = [{"params": [p for k, p in self.params.items() if k != "threshold"],
+                   "lr_scale": 1.0}]  # fmt: skip
+        if "threshold" in self.params:
+            groups.append({"params": [self.params["threshold"]],
+                           "lr_scale": THRESHOLD_LR_SCALE})  # fmt: skip
+        self.opt = torch.optim.Adam(groups, lr=self.base_lr, fused=fused)
+        self.since_fired = torch.zeros(self.d_sae, dtype=torch.int64, device=self.device)
+        self.density_ema = torch.zeros(self.d_sae, dtype=torch.float32, device=self.device)
+        self.scale = torch.ones((), dtype=torch.float64)
+        self.batchtopk_threshold = torch.full((), -1.0, dtype=torch.float64)
+        self.initialised = False
+
+    # -- parameters ------------------------------------------------------------------------
+    def _init_params(self) -> dict[str, torch.nn.Parameter]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.site.layer)
+        w_dec = torch.randn(self.d_sae, self.d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        # Dense-start architectures (relu, jumprelu) fire about half their latents on the first
+        # batches: a 0.1 encoder keeps that first reconstruction near the data's scale
+        # (SAELens' decoder_init_norm; TopK picks its k latents whatever the scale).
+        enc_scale = 0.1 if self.arch in ("relu", "jumprelu") else 1.0
+        params = {
+            "W_enc": (w_dec.T * enc_scale).contiguous(),
+            "b_enc": torch.zeros(self.d_sae),
+            "W_dec": w_dec,
+            "b_dec": torch.zeros(self.d_in),
+        }
+        if self.arch == "jumprelu":
+            params["threshold"] = torch.full((self.d_sae,), self.cfg.jumprelu_init_threshold)
+        return {k: torch.nn.Parameter(v.to(self.device)) for k, v in params.items()}
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        """Input scale and b_dec from the first pool of raw activations `[n, d_in]`."""
+        x = x.to(self.device).double()
+        mean = x.mean(0)
+        var = (x - mean).pow(2).sum(1).mean().clamp_min(1e-12)
+        self.scale = torch.sqrt(self.d_in / var).cpu()
+        s = float(self.scale)
+        init = self.cfg.b_dec_init
+        if init == "mean":
+            b = mean * s
+        elif init == "geometric_median":
+            b = geometric_median(x[:GEOMEDIAN_TOKENS]) * s
+        else:
+            b = torch.zeros_like(mean)
+        self.params["b_dec"].copy_(b.float())
+        self.initialised = True
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.params["W_dec"]
+
+    # -- forward -----------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _encode(self, xs: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        b_dec = p["b_dec"]
+        with self._autocast():
+            pre = (xs - b_dec.detach()) @ p["W_enc"]
+        # b_dec's gradient through the encoder is -Σ_t ∂L/∂pre_t · W_encᵀ: routed through this
+        # zero-valued term it costs a matrix-vector product instead of the [n, d_sae] x
+        # [d_sae, d_in] input-gradient matmul autograd would otherwise run.
+        return pre.float() + (b_dec.detach() - b_dec) @ p["W_enc"] + p["b_enc"]
+
+    def _decode_dense(self, acts: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            out = acts @ self.params["W_dec"]
+        return out.float() + self.params["b_dec"]
+
+    def micro_step(self, x: torch.Tensor, step: int, scale_loss: float) -> StepOutput:
+        """Forward and backward on one micro-batch of raw activations; grads accumulate."""
+        cfg, p = self.cfg, self.params
+        xs = x.to(self.device, torch.float32) * float(self.scale)
+        pre = self._encode(xs)
+        n = xs.shape[0]
+        norms = p["W_dec"].norm(dim=1)
+        terms: dict[str, torch.Tensor] = {}
+        if self.arch == "topk":
+            top = pre.topk(cfg.top_k, dim=-1, sorted=False)
+            vals, idx = F.relu(top.values), top.indices
+            x_hat = F.embedding_bag(idx, p["W_dec"], per_sample_weights=vals, mode="sum")
+            x_hat = x_hat + p["b_dec"]
+            weighted = vals * norms[idx]
+            codes_vals, codes_idx = vals, idx
+        else:
+            acts = self._dense_acts(pre, n, terms)
+            x_hat = self._decode_dense(acts)
+            weighted = acts * norms
+            codes_vals, codes_idx = acts, None
+        residual = xs - x_hat
+        terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_in
+        if cfg.l1_penalty > 0:
+            terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_in
+        if cfg.sparsity_penalty > 0 and self.arch != "jumprelu":
+            terms["l0"] = cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean() / self.d_in
+        if cfg.diversity_loss_weight > 0:
+            terms["diversity"] = self._diversity(codes_vals, codes_idx)
+        if cfg.auxk_alpha > 0:
+            terms["auxk"] = self._auxk(pre, residual)
+        if cfg.decoder_orthogonality_weight > 0:
+            terms["orthogonality"] = self._orthogonality(step)
+        loss = sum(terms.values())
+        (loss * scale_loss).backward()
+        with torch.no_grad():
+            self._bookkeep(codes_vals, codes_idx, n)
+            inv = 1.0 / float(self.scale)
+            codes = Codes(codes_vals.detach() * inv, codes_idx, self.d_sae)
+            out = StepOutput({k: float(v) for k, v in terms.items()}, codes,
+                             x_hat.detach() * inv)  # fmt: skip
+        return out
+
+    def _dense_acts(self, pre: torch.Tensor, n: int, terms: dict[str, torch.Tensor]):
+        cfg = self.cfg
+        if self.arch == "relu":
+            return F.relu(pre)
+        if self.arch == "jumprelu":
+            theta = self.params["threshold"]
+            bw = cfg.jumprelu_bandwidth
+            if cfg.sparsity_penalty > 0:
+                l0 = _Step.apply(pre, theta, bw).sum(-1).mean()
+                terms["l0"] = cfg.sparsity_penalty * l0 / self.d_in
+            return _JumpReLU.apply(pre, theta, bw)
+        # batchtopk: the n·k largest activations of the whole batch
+        acts = F.relu(pre)
+        kth = acts.detach().flatten().topk(n * cfg.top_k, sorted=False).values.min()
+        kept = acts * (acts.detach() >= kth).to(acts.dtype)
+        with torch.no_grad():
+            positive = kept.detach()[kept.detach() > 0]
+            if positive.numel():
+                low = float(positive.min())
+                old = float(self.batchtopk_threshold)
+                new = low if old < 0 else BATCHTOPK_THRESHOLD_DECAY * old + (
+                    1 - BATCHTOPK_THRESHOLD_DECAY) * low  # fmt: skip
+                self.batchtopk_threshold = torch.tensor(new, dtype=torch.float64)
+        return kept
+
+    def _diversity(self, vals: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        over = (self.density_ema > self.cfg.diversity_target_density).to(vals.dtype)
+        if not bool(over.any()):
+            return vals.new_zeros(())
+        mask = over[idx] if idx is not None else over
+        return self.cfg.diversity_loss_weight * (vals * mask).sum(-1).mean()
+
+    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        dead = self.since_fired > self.cfg.dead_feature_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.d_in // 2, n_dead)
+        scale = min(n_dead / (self.d_in // 2), 1.0)
+        masked = torch.where(dead[None], pre, -torch.inf)
+        top = masked.topk(k_aux, dim=-1, sorted=False)
+        e_hat = F.embedding_bag(top.indices, self.params["W_dec"],
+                                per_sample_weights=F.relu(top.values), mode="sum")  # fmt: skip
+        e = residual.detach()
+        return self.cfg.auxk_alpha * scale * (e_hat - e).pow(2).sum(-1).mean() / self.d_in
+
+    def _orthogonality(self, step: int) -> torch.Tensor:
+        w = self.params["W_dec"]
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step)
+        rows = torch.randperm(self.d_sae, generator=gen)[:ORTHO_SAMPLE_ROWS].to(self.device)
+        gram = w[rows] @ w.T
+        gram = gram.scatter(1, rows[:, None], 0.0)
+        # the absorption metric (max |cos| to any other row), squared, on the sampled rows
+        return self.cfg.decoder_orthogonality_weight * gram.abs().amax(-1).pow(2).mean()
+
+    def _bookkeep(self, vals: torch.Tensor, idx: torch.Tensor | None, n: int) -> None:
+        if idx is not None:
+            count = torch.bincount(idx[vals > 0], minlength=self.d_sae)
+        else:
+            count = (vals > 0).sum(0)
+        self.since_fired = torch.where(count > 0, 0, self.since_fired + n)
+        alpha = min(1.0, n / DENSITY_WINDOW_TOKENS)
+        self.density_ema.mul_(1 - alpha).add_(count.float() / n, alpha=alpha)
+
+    # -- optimizer step ------------------------------------------------------------------
+    def optimizer_step(self, step: int) -> float:
+        """Adam step with the scheduled learning rate; returns it."""
+        lr = self.base_lr * lr_factor(step, self.total_steps, self.cfg.lr_warmup_steps,
+                                      self.cfg.lr_decay_fraction)  # fmt: skip
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        w = self.params["W_dec"]
+        with torch.no_grad():
+            if w.grad is not None:  # keep updates tangent to the unit sphere
+                w.grad.sub_((w.grad * w).sum(1, keepdim=True) * w)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            if "threshold" in self.params:
+                self.params["threshold"].clamp_(min=1e-6)
+        return lr
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
+            "optimizer": self.opt.state_dict(),
+            "buffers": {k: getattr(self, k).detach().cpu().clone() for k in _BUFFERS},
+            "initialised": self.initialised,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v)
+        self.opt.load_state_dict(state["optimizer"])
+        for k in _BUFFERS:
+            value = state["buffers"][k]
+            keep_device = k in ("since_fired", "density_ema")
+            setattr(self, k, value.to(self.device) if keep_device else value)
+        self.initialised = bool(state["initialised"])
+
+    # -- export ------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, model_name: str | None, metadata: dict[str, Any]) -> SAE:
+        """The trained SAE on raw activations (scale folded into the biases/thresholds)."""
+        s = float(self.scale)
+        p = {k: v.detach().float().cpu() for k, v in self.params.items()}
+        k = self.cfg.top_k if self.arch in ("topk", "batchtopk") else None
+        cfg = SAEConfig(self.arch, self.d_in, self.d_sae, k=k, site=self.site,
+                        model_name=model_name, metadata=metadata)  # fmt: skip
+        sae = SAE(cfg)
+        tensors = {"W_enc": p["W_enc"], "b_enc": p["b_enc"] / s, "W_dec": p["W_dec"],
+                   "b_dec": p["b_dec"] / s}  # fmt: skip
+        if self.arch == "jumprelu":
+            tensors["threshold"] = p["threshold"] / s
+        sae.load_weights(tensors, self.name)
+        if self.arch == "batchtopk" and float(self.batchtopk_threshold) > 0:
+            sae.set_threshold(torch.tensor(float(self.batchtopk_threshold) / s))
+        return sae.requires_grad_(False)
