@@ -78,3 +78,13 @@ def text_corpus(tmp_path: Path) -> Path:
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny matrices: a second thread only adds OpenMP barriers (and, on a shared machine,
+    waits for the other process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

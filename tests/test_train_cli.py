@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from saedoctor.cli import app
 from saedoctor.train.config import TrainConfig
 from saedoctor.train.prescription import apply_prescriptions, base_config, plan_from_document
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_args(tiny_llama_dir: Path, corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -10,15 +10,7 @@ from saedoctor.train.config import TrainConfig
 from saedoctor.train.sae_trainer import TrainableSAE, geometric_median, lr_factor
 from saedoctor.train.trainer import train_on_activations
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: a second thread only adds OpenMP barriers (and on a shared machine,
-    # waits for the other process).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n: int = 40_000, d: int = 32, atoms: int = 128, active: int = 4, seed: int = 0,

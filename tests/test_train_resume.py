@@ -14,13 +14,7 @@ from saedoctor.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_ch
 from saedoctor.train.config import TrainConfig
 from saedoctor.train.trainer import TrainingInterrupted, train, train_on_activations
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctrl_c_at(step: int):
