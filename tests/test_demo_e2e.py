@@ -23,7 +23,7 @@ def test_no_argument_diagnose_trains_caches_and_reports(tmp_path: Path) -> None:
         (cache / "models").symlink_to(models)
     env = {**os.environ, "SAEDOCTOR_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "saedoctor", "diagnose", "--out", str(tmp_path / "run.json")]
-    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2400)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "variance explained" in first.stdout
     report = json.loads((tmp_path / "run.json").read_text())
@@ -47,7 +47,7 @@ def test_no_argument_diagnose_trains_caches_and_reports(tmp_path: Path) -> None:
     second = subprocess.run(
         [*cmd, "--json", "--quiet", "--compare-corpus", "python-code@test", "--no-downstream",
          "--html", str(tmp_path / "run.html")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2400,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert "No cached default SAE" not in second.stderr
