@@ -66,6 +66,22 @@ def test_in_memory_run_interrupted_by_ctrl_c_resumes_to_the_same_weights(tmp_pat
     assert not (out / CHECKPOINT_FILE).exists()  # removed once the SAEs are saved
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path: Path) -> None:
+    x = _activations(n=6000)
+    cfg = TrainConfig(layers=[0], expansion_factor=2, top_k=4, batch_size=2, context=64,
+                      shuffle_tokens=1500, training_tokens=6000, checkpoint_every=0)  # fmt: skip
+    reference = train_on_activations(cfg, x, tmp_path / "ref")
+
+    def terminate(trainer) -> None:
+        if trainer.step == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train_on_activations(cfg, x, tmp_path / "run", on_step=terminate)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    _assert_same_saes(reference, train_on_activations(cfg, x, tmp_path / "run", resume=True))
+
+
 def _tiny_cfg(tiny_llama_dir: Path, corpus: Path, **changes) -> TrainConfig:
     base = dict(
         model=str(tiny_llama_dir), dataset=str(corpus), layers=[1, 3], context=32, batch_size=2,

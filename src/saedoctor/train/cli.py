@@ -288,4 +288,10 @@ def demo_command(
             layer_list = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError as e:
             raise InputError(f"--layers {layers!r}: expected comma-separated integers") from e
-        run_demo(layer_list, tokens, eval_tokens, out, quiet)
+        from saedoctor.train.trainer import TrainingInterrupted
+
+        try:
+            run_demo(layer_list, tokens, eval_tokens, out, quiet)
+        except TrainingInterrupted as e:
+            typer.echo(f"saedoctor: {e}; run the same `saedoctor demo` again to resume", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None

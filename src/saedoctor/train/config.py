@@ -79,7 +79,8 @@ class TrainConfig:
     # -- monitoring, checkpoints ----------------------------------------------------------
     monitor_every: int | None = None  # steps; None: enough for a 40k-token window
     always_on_threshold: float = 0.8
-    checkpoint_every: int = 500  # steps; 0: only on Ctrl-C
+    checkpoint_every: int = 500  # steps; 0: only on Ctrl-C / SIGTERM
+    checkpoint_minutes: float = 10.0  # also after this much wall time; 0: off
     log_to: list[str] = field(default_factory=list)
     wandb_project: str = "saedoctor"
     layer_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -129,7 +130,8 @@ RUN_FIELDS = (
     "model", "layers", "site", "dataset", "text_field", "training_tokens", "context",
     "batch_size", "gradient_accumulation", "shuffle_tokens", "include_special", "device",
     "model_dtype", "precision", "seed", "monitor_every", "always_on_threshold",
-    "checkpoint_every", "log_to", "wandb_project", "layer_overrides", "preset",
+    "checkpoint_every", "checkpoint_minutes", "log_to", "wandb_project", "layer_overrides",
+    "preset",
 )  # fmt: skip
 SAE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_FIELDS)
 
@@ -249,6 +251,8 @@ def _check_run(cfg: TrainConfig) -> None:
     if cfg.monitor_every is not None:
         _positive_int(cfg, "monitor_every")
     _positive_int(cfg, "checkpoint_every", 0)
+    if not isinstance(cfg.checkpoint_minutes, int | float) or cfg.checkpoint_minutes < 0:
+        raise InputError(f"checkpoint_minutes={cfg.checkpoint_minutes!r}: expected >= 0")
     if not 0 < cfg.always_on_threshold <= 1:
         raise InputError(f"always_on_threshold={cfg.always_on_threshold}: expected (0, 1]")
     for key in cfg.layer_overrides:

@@ -190,7 +190,7 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
 
     def run(self) -> TrainResult:
-        self._run_start = start = time.perf_counter()
+        self._run_start = self._last_checkpoint = start = time.perf_counter()
         with self._sigint(), self._display() as refresh:
             self._loop(refresh)
             if self.progress.step and self.monitor.windows and any(
@@ -244,7 +244,10 @@ class Trainer:
                 if self.stop_requested:
                     path = self._checkpoint()
                     raise TrainingInterrupted(path, prog.step)
-                if cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0:
+                if (cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0) or (
+                    cfg.checkpoint_minutes
+                    and time.perf_counter() - self._last_checkpoint > 60 * cfg.checkpoint_minutes
+                ):
                     self._checkpoint()
             skip = 0
         if self.stop_requested:  # Ctrl-C while the next pool was being read
@@ -318,6 +321,7 @@ class Trainer:
             raise InputError("cannot checkpoint: this run has no output directory")
         elapsed = time.perf_counter() - getattr(self, "_run_start", time.perf_counter())
         path = save_checkpoint(self.checkpoint_path, self.state(self.wall_before + elapsed))
+        self._last_checkpoint = time.perf_counter()
         self.console.print(f"checkpoint: step {self.step} → {path}", highlight=False)
         return path
 
@@ -332,14 +336,17 @@ class Trainer:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
-            self.console.print("[bold]Ctrl-C[/]: finishing this step and saving a checkpoint "
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.console.print(f"[bold]{what}[/]: finishing this step and saving a checkpoint "
                                "(Ctrl-C again to abort without saving)")  # fmt: skip
 
-        previous = signal.signal(signal.SIGINT, handler)
+        # SIGTERM (a scheduler's preemption, `kill`) is treated like Ctrl-C: save, then stop.
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     @contextlib.contextmanager
     def _display(self) -> Iterator[Callable[[], None]]:
