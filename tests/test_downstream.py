@@ -52,6 +52,47 @@ def test_restarting_from_captured_inputs_reproduces_logits(family: str, kind: st
     assert torch.allclose(changed, full, atol=1e-5, rtol=1e-4), module
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["resid_post", "resid_pre"])
+def test_zero_ablated_residual_is_one_tokens_logits_everywhere(family: str, kind: str) -> None:
+    model = tiny_model(family)
+    ids = torch.randint(3, 100, (3, 10))
+    site = Site(1, kind)
+    splicer = Splicer(model, [site])
+    _, acts = splicer.clean(ids)
+    with torch.inference_mode():
+        full = splicer.patched(site, torch.zeros_like(acts[site]))
+    counted = torch.ones(ids.shape, dtype=torch.bool)
+    first = splicer.zero_ablated(site, counted)  # the check batch: the full run itself
+    assert torch.equal(first, full)
+    constant = splicer.zero_ablated(site, counted)
+    assert constant.shape == (full.shape[-1],)
+    assert torch.allclose(full, constant.expand_as(full), atol=1e-5, rtol=1e-5)
+
+
+def test_zero_ablation_of_a_component_site_is_not_constant() -> None:
+    model = tiny_model("llama")
+    ids = torch.randint(3, 100, (2, 10))
+    site = Site(1, "mlp_out")
+    splicer = Splicer(model, [site])
+    _, acts = splicer.clean(ids)
+    counted = torch.ones(ids.shape, dtype=torch.bool)
+    for _ in range(2):  # zeroing one component leaves the residual stream varying
+        assert splicer.zero_ablated(site, counted).shape == (2, 10, model.config.vocab_size)
+
+
+def test_zero_ablation_falls_back_when_positions_differ() -> None:
+    model = tiny_model("llama")
+    ids = torch.randint(3, 100, (2, 10))
+    site = Site(1)
+    splicer = Splicer(model, [site])
+    _, acts = splicer.clean(ids)
+    counted = torch.ones(ids.shape, dtype=torch.bool)
+    splicer._ablated[site] = torch.full((model.config.vocab_size,), 5.0)  # a wrong one
+    splicer.zero_ablated(site, counted)
+    assert splicer.zero_ablated(site, counted).dim() == 3
+
+
 def _run(model_dir, corpus, sae_dir, **kw):
     opts = dict(model=str(model_dir), saes=[str(sae_dir)], corpus=str(corpus), tokens=512,
                 context=32, batch_size=4, quiet=True, include_special=True)  # fmt: skip
@@ -100,9 +141,10 @@ def test_identity_and_zero_reconstructions(tiny_llama_dir, text_corpus, tmp_path
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-6)
     zero = _run(tiny_llama_dir, text_corpus, saved_sae(tmp_path / "z", zero_sae(64, site)))
     z = zero["metrics"]
-    # Every position counted: the zero reconstruction is the zero-ablation itself.
-    assert z["loss_recovered"] == pytest.approx(0.0, abs=1e-9)
-    assert z["kl_score"] == pytest.approx(0.0, abs=1e-9)
+    # Every position counted: the zero reconstruction is the zero-ablation itself. The ablated
+    # run takes the one-token route after the first batch, so float32 rounding is all apart.
+    assert z["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    assert z["kl_score"] == pytest.approx(0.0, abs=1e-5)
     assert z["ce_ablated"] == pytest.approx(m["ce_ablated"], rel=1e-9)
     assert ident["grading"]["statuses"]["loss_recovered"]["source"] == "loss_recovered"
 
@@ -156,7 +198,7 @@ def test_default_model_identity_and_zero(tmp_path) -> None:
         tokens=1024,
         context=64,
     )
-    assert zero["metrics"]["loss_recovered"] == pytest.approx(0.0, abs=1e-9)
-    assert zero["metrics"]["kl_score"] == pytest.approx(0.0, abs=1e-9)
+    assert zero["metrics"]["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    assert zero["metrics"]["kl_score"] == pytest.approx(0.0, abs=1e-5)
     # CE of the clean model on the same tokens, by the model's own loss
     assert m["ce_clean"] == pytest.approx(zero["metrics"]["ce_clean"], rel=1e-9)

@@ -183,25 +183,19 @@ def feed(unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink)
 @torch.inference_mode()
 def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device: str) -> None:
     from saedoctor.activations.stream import counted_rows
-    from saedoctor.metrics.downstream import kl_per_token, next_token_ce
+    from saedoctor.metrics.downstream import CleanDistribution
 
     input_ids = batch.input_ids.to(device)
     logits, acts = splicer.clean(input_ids)
     counted = batch.counted.to(device)
     kl_mask = counted
     ce_mask = counted[:, :-1] & batch.real()[:, 1:].to(device)
-    clean_logp = torch.log_softmax(logits.float(), dim=-1)
-    ce_clean = next_token_ce(logits, input_ids)
+    clean = CleanDistribution(logits, input_ids)
     del logits
     positions, seq_ids = counted_rows(batch)
     positions, seq_ids = positions.to(device), seq_ids.to(device)
 
-    def score(which: str, unit: SAEUnderTest, patched_logits: torch.Tensor) -> dict:
-        ce = next_token_ce(patched_logits, input_ids)
-        kl = kl_per_token(clean_logp, patched_logits)
-        return {"which": which, "ce": ce, "kl": kl}
-
-    ablated: dict[Any, dict] = {}
+    ablated: dict[Any, tuple] = {}
     for unit in units:
         site = unit.sae.site
         site_acts = acts[site]
@@ -211,14 +205,12 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
         unit.suite.update(x, x_hat, codes, seq_ids)
         spliced = flat.clone()
         spliced[positions] = x_hat.to(spliced.dtype)
-        sae_scores = score("sae", unit, splicer.patched(site, spliced.view_as(site_acts)))
+        sae_scores = clean.score(splicer.patched(site, spliced.view_as(site_acts)))
         if site not in ablated:  # zero-ablation depends on the site only: once per site
-            zero = splicer.patched(site, torch.zeros_like(site_acts))
-            ablated[site] = score("ablated", unit, zero)
-        unit.downstream.add_clean(ce_clean, ce_mask)
-        for result in (sae_scores, ablated[site]):
-            unit.downstream.add_patched(result["which"], result["ce"], result["kl"], ce_mask,
-                                        kl_mask)  # fmt: skip
+            ablated[site] = clean.score(splicer.zero_ablated(site, counted))
+        unit.downstream.add_clean(clean.ce, ce_mask)
+        for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[site])):
+            unit.downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:

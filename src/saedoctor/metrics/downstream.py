@@ -16,16 +16,42 @@ import torch.nn.functional as F
 _STATE = ("ce_clean", "ce_sae", "ce_ablated", "ce_tokens", "kl_sae", "kl_ablated", "kl_tokens")
 
 
-def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """`[B, T-1]` cross-entropy of predicting token t+1 at position t."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, input_ids[:, 1:, None].to(logp.device)).squeeze(-1)
+def next_token_nll(logp: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, T-1]` −log p(token t+1) from log-probs `[B, T(-1), V]`, or `[V]` for every position."""
+    targets = input_ids[:, 1:].to(logp.device)
+    if logp.dim() == 1:
+        return -logp[targets]
+    return -logp[:, : targets.shape[1]].gather(-1, targets[..., None]).squeeze(-1)
 
 
-def kl_per_token(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """`[B, T]` KL(clean ‖ patched) from clean log-probs and patched logits."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+class CleanDistribution:
+    """The clean next-token distribution of one batch, kept to score patched runs against.
+
+    Each patched run costs one log_softmax: CE and KL share it, and the clean side
+    (probabilities, entropy) is computed once per batch, not once per SAE."""
+
+    def __init__(self, logits: torch.Tensor, input_ids: torch.Tensor) -> None:
+        self.input_ids = input_ids
+        self.logp = F.log_softmax(logits.float(), dim=-1)
+        self.p = self.logp.exp()
+        self.ce = next_token_nll(self.logp, input_ids)
+        self._neg_entropy: torch.Tensor | None = None
+
+    def score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE `[B, T-1]`, KL(clean ‖ patched) `[B, T]`) for patched logits `[B, T, V]`, or
+        for `[V]` logits shared by every position."""
+        logq = F.log_softmax(logits.float(), dim=-1)
+        ce = next_token_nll(logq, self.input_ids)
+        if logq.dim() == 1:  # KL = Σ p log p − p·log q: a mat-vec, no [B, T, V] temporary
+            return ce, self.neg_entropy - self.p @ logq
+        # Summing p·(log p − log q) term by term keeps a near-zero KL exact (identity SAE).
+        return ce, torch.sub(self.logp, logq, out=logq).mul_(self.p).sum(-1)
+
+    @property
+    def neg_entropy(self) -> torch.Tensor:
+        if self._neg_entropy is None:
+            self._neg_entropy = (self.p * self.logp).sum(-1)
+        return self._neg_entropy
 
 
 class Downstream:
