@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saedoctor-installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean fuzz
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# 20x the CI examples, fresh ones each run (hypothesis profile `fuzz`, tests/conftest.py).
+fuzz: setup
+	$(BIN)/python -m pytest -q tests/test_fuzz.py --hypothesis-profile=fuzz
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

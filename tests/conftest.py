@@ -6,6 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# `ci` (default) keeps every fuzz test in tests/test_fuzz.py together under a minute on two
+# cores and replays the same examples on every run; `make fuzz` uses `fuzz`: 20x the examples,
+# fresh ones each run.
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=_FUZZ_HEALTH
+)
+settings.register_profile(
+    "fuzz", max_examples=500, deadline=None, derandomize=False, suppress_health_check=_FUZZ_HEALTH
+)
+settings.load_profile("ci")
 
 TINY_TEXT = [
     "Return the number of items in a container.",

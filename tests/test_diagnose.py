@@ -41,9 +41,14 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
         modules = {"embed": inner.embed_tokens, "lm_head": loaded.model.lm_head, "norm": inner.norm}
         modules.update({f"block{i}": blk for i, blk in enumerate(inner.layers)})
         for name, mod in modules.items():
-            calls[name] = 0
-            mod.register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+            calls[name] = calls[f"{name}@1"] = 0
+            mod.register_forward_hook(lambda _m, _i, out, n=name: count(n, out))
         return loaded
+
+    def count(name: str, out) -> None:
+        out = out[0] if isinstance(out, tuple) else out
+        key = f"{name}@1" if out.shape[0] * out.shape[1] == 1 else name  # one-token forwards
+        calls[key] += 1
 
     monkeypatch.setattr(model_mod, "load_model", counting_load)
     saes = [
@@ -66,9 +71,12 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
         calls[name] = 0
     diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0))
     assert calls["embed"] == calls["block0"] == n_batches
-    # clean pass + 3 SAE tails + 3 ablation tails through the head per batch, plus the
-    # one-off check that restarting from captured inputs reproduces the logits
-    assert calls["lm_head"] == 7 * n_batches + 1
+    # Per batch: the clean pass, 3 SAE tails, and the mlp_out site's ablation tail. Zero-
+    # ablating a residual site is one token's forward, checked once against a full ablated
+    # tail on the first batch; plus the one-off check that restarting from captured inputs
+    # reproduces the logits.
+    assert calls["lm_head"] == 5 * n_batches + 2 + 1
+    assert calls["embed@1"] == calls["lm_head@1"] == 2
     assert [e["site"]["hook_name"] for e in report["saes"]] == [
         "blocks.0.hook_resid_post",
         "blocks.1.hook_mlp_out",

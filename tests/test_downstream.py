@@ -202,3 +202,18 @@ def test_default_model_identity_and_zero(tmp_path) -> None:
     assert zero["metrics"]["kl_score"] == pytest.approx(0.0, abs=1e-5)
     # CE of the clean model on the same tokens, by the model's own loss
     assert m["ce_clean"] == pytest.approx(zero["metrics"]["ce_clean"], rel=1e-9)
+
+
+def test_sae_after_the_last_block() -> None:
+    """resid_post of the last block: the patched run is just the final norm and the head."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 100, (2, 10))
+    site = Site(len(decoder_blocks(model)) - 1)
+    splicer = Splicer(model, [site])
+    logits, acts = splicer.clean(ids)
+    assert splicer.resumable is True
+    with torch.inference_mode():
+        assert torch.allclose(splicer.patched(site, acts[site]), logits, atol=1e-5, rtol=1e-5)
+        halved = splicer.patched(site, acts[site] * 0.5)
+        splicer.resumable = False
+        assert torch.allclose(halved, splicer.patched(site, acts[site] * 0.5), atol=1e-5)

@@ -1,4 +1,9 @@
-"""Writes that never leave a half-written file: write beside the target, then rename."""
+"""Writes that never leave a half-written file: write beside the target, then rename.
+
+A failed write (full disk, quota, I/O error) leaves the previous file byte-identical and no
+temporary file behind, and raises `WriteFailed`: an OSError that names the target, which
+the command line prints as one line (`cannot write <path>: <reason>`).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,56 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+_CHUNK = 1 << 20  # bytes per write() call
+
+
+class WriteFailed(OSError):
+    """Writing `path` failed; the previous content (if any) is untouched."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(cause.errno, reason, str(path))
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.strerror}"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_all(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        if isinstance(err, WriteFailed):
+            raise
+        raise WriteFailed(path, err) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    # In chunks: a full disk shows up part-way, as ENOSPC from one write() (tests do the same).
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK):
+        f.write(view[start : start + _CHUNK])
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, document: Any) -> Path:

@@ -21,19 +21,27 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
 def handled_errors() -> Iterator[None]:
-    """Bad input → one line on stderr and exit code 2; Ctrl-C → exit 130 without a traceback."""
+    """Bad input, or a file that cannot be written (full disk: the previous file is left as it
+    was) → one line on stderr and exit code 2; Ctrl-C → exit 130 without a traceback, saying
+    where the state was saved when the command saves one."""
+    from saedoctor.atomic import WriteFailed
+
     try:
         yield
     except InputError as err:
         typer.echo(f"saedoctor: error: {err}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        typer.echo("saedoctor: interrupted", err=True)
-        raise typer.Exit(130) from None
+    except WriteFailed as err:
+        typer.echo(f"saedoctor: {err}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt as err:  # a subclass (diagnose's) carries a message
+        typer.echo(f"saedoctor: {str(err) or 'interrupted'}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 FAIL_LEVELS = ("poor", "warning")
@@ -133,11 +141,25 @@ def diagnose(
         bool, typer.Option("--json", help="print the report JSON to stdout")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="continue an interrupted run from its state file, <out>.partial.safetensors "
+            "(same options and SAEs required). Ctrl-C or SIGTERM during the main pass saves "
+            "that file and exits 130; it is also saved every --checkpoint-minutes and deleted "
+            "once the report is written. The always-on explanations, --compare-corpus and "
+            "--first-letter-absorption passes rerun from scratch on resume",
+        ),
+    ] = False,
+    checkpoint_minutes: Annotated[
+        float, typer.Option(help="save the main pass's state this often (0: only on Ctrl-C)")
+    ] = 5.0,
 ) -> None:
-    """Measure, grade and explain one or more SAEs in one streaming pass."""
-    from saedoctor.diagnose import DiagnoseOptions
-    from saedoctor.diagnose import diagnose as run_diagnose
-    from saedoctor.report.document import write_report
+    """Measure, grade and explain one or more SAEs in one streaming pass.
+
+    Interrupted (Ctrl-C, SIGTERM), it saves its progress beside the report as
+    <out>.partial.safetensors: rerun the same command with --resume to continue."""
+    from saedoctor.diagnose import DiagnoseOptions, diagnose_and_write
 
     with handled_errors():
         _check_choice("--fail-on", fail_on, FAIL_LEVELS)
@@ -149,10 +171,10 @@ def diagnose(
             always_on_threshold=always_on_threshold, explain_tokens=explain_tokens,
             downstream=downstream, first_letter_absorption=first_letter_absorption,
             first_letter_words=first_letter_words,
-            policy=policy, seed=seed, quiet=quiet,
+            policy=policy, seed=seed, quiet=quiet, resume=resume,
+            checkpoint_minutes=checkpoint_minutes,
         )  # fmt: skip
-        document = run_diagnose(opts)
-        write_report(document, out)
+        document = diagnose_and_write(opts, out)
         _write_views(document, md, html)
         if as_json:
             typer.echo(json.dumps(document, indent=1))

@@ -9,6 +9,7 @@ batch for all SAEs, stopping at the deepest block any of them needs.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from saedoctor import defaults
 from saedoctor.errors import InputError
 from saedoctor.metrics.downstream import Downstream
+from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
 from saedoctor.metrics.suite import MetricSuite
 from saedoctor.progress import stderr_console, token_progress
 from saedoctor.sae.codes import Codes
@@ -54,6 +56,13 @@ class DiagnoseOptions:
     policy: str | None = None
     seed: int = 0
     quiet: bool = False
+    # Interrupt / resume of the main pass (see saedoctor.diagnose_state). `state_file` None:
+    # in the cache dir, named by a fingerprint of the inputs. `keep_state`: leave the file for
+    # a caller that deletes it only once its report is safely written.
+    resume: bool = False
+    state_file: str | None = None
+    checkpoint_minutes: float = 5.0
+    keep_state: bool = False
 
     def validate(self) -> None:
         for name in ("tokens", "context", "batch_size", "explain_tokens"):
@@ -69,6 +78,10 @@ class DiagnoseOptions:
             raise InputError("--first-letter-absorption needs a model: not with --activations")
         if self.compare_corpus is not None and self.activations is not None:
             raise InputError("--compare-corpus needs a model: it cannot be used with --activations")
+        if self.checkpoint_minutes < 0:
+            raise InputError("--checkpoint-minutes: expected a number of minutes >= 0")
+        if self.resume and self.activations is not None:
+            raise InputError("--resume applies to a run on a model: not with --activations")
 
 
 @dataclass
@@ -116,23 +129,31 @@ def suite_sink(unit: SAEUnderTest, x, x_hat, codes, seq_ids) -> None:
 # -- passes over a model ------------------------------------------------------------------
 @dataclass
 class ModelPass:
-    """One streaming pass of a corpus through the model, feeding every SAE."""
+    """One streaming pass of a corpus through the model, feeding every SAE.
+
+    `state` (the main pass only) saves the accumulators between batches and resumes them."""
 
     loaded: Any
     opts: DiagnoseOptions
     units: list[SAEUnderTest]
+    state: Any = None  # saedoctor.diagnose_state.MainPassState
 
     def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
         from saedoctor.activations.stream import site_batches
 
         totals: dict[str, int] = {}
-        sites = {u.sae.site for u in self.units}
-        for batch in self._tracked(corpus, tokens, label, totals):
+        sites = sorted({u.sae.site for u in self.units})  # a fixed order, run after run
+
+        def step(batch: Any) -> None:
             for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
-                if keep is not None:
-                    keep(sb)
+                where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
                 for unit in self.units:
-                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink)
+                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where)
+                if keep is not None:  # after feeding: a batch retried in halves is kept once
+                    keep(sb)
+
+        for batch in self._tracked(corpus, tokens, label, totals):
+            self._guarded(batch, step)
         return totals
 
     def run_downstream(self, corpus: str, tokens: int, label: str) -> dict[str, int]:
@@ -141,28 +162,61 @@ class ModelPass:
         from saedoctor.activations.splice import Splicer
 
         totals: dict[str, int] = {}
-        splicer = Splicer(self.loaded.model, {u.sae.site for u in self.units})
-        for batch in self._tracked(corpus, tokens, label, totals):
-            if batch.counted.any():
+        splicer = Splicer(self.loaded.model, sorted({u.sae.site for u in self.units}))
+
+        def step(batch: Any) -> None:
+            if batch.counted.any():  # a half of a split batch may have nothing counted
                 downstream_batch(splicer, self.units, batch, self.opts.device)
+
+        primed = False
+        for batch in self._tracked(corpus, tokens, label, totals):
+            if not primed and batch.first_sequence > 0:  # resumed after skipping batches
+                self._prime(splicer, corpus, tokens)
+            primed = True
+            if batch.counted.any():
+                self._guarded(batch, step)
         return totals
 
+    @torch.inference_mode()
+    def _prime(self, splicer: Any, corpus: str, tokens: int) -> None:
+        """The splicer makes one-off checks on the first batch it sees (e.g. whether the
+        zero-ablated logits are the same at every position, then reused): a resumed pass
+        replays them on the corpus's first batch, so that every later batch is computed
+        exactly as in an uninterrupted pass."""
+        device = self.opts.device
+        first = next((b for b in self._batches(corpus, tokens) if b.counted.any()), None)
+        if first is None:
+            return
+        splicer.clean(first.input_ids.to(device))
+        counted = first.counted.to(device)
+        for site in sorted({u.sae.site for u in self.units}):
+            splicer.zero_ablated(site, counted)
+
     def _tracked(self, corpus: str, tokens: int, label: str, totals: dict[str, int]) -> Iterator:
-        """Token batches with a progress bar, counting into `totals` as they go."""
-        totals.update(tokens_processed=0, tokens_counted=0, sequences=0)
+        """Token batches with a progress bar, counting into `totals` as they go; with `state`,
+        resumes after the batches already done and saves between batches."""
+        state = self.state
+        if state is None:
+            totals.update(tokens_processed=0, tokens_counted=0, sequences=0)
+            skip = 0
+        else:
+            skip = state.start(totals, self.opts.resume)
         with token_progress(self.opts.quiet) as progress:
-            task = progress.add_task(label, total=tokens)
-            for batch in self._batches(corpus, tokens):
+            task = progress.add_task(label, total=tokens, completed=totals["tokens_processed"])
+            for batch in self._batches(corpus, tokens, skip * self.opts.batch_size):
                 totals["tokens_processed"] += batch.input_ids.numel()
                 totals["tokens_counted"] += int(batch.counted.sum())
                 totals["sequences"] += batch.input_ids.shape[0]
                 progress.update(task, advance=batch.input_ids.numel())
                 yield batch
+                if state is not None:  # the batch is in every accumulator by now
+                    state.after_batch(totals)
 
-    def _batches(self, corpus: str, tokens: int) -> Iterator:
+    def _batches(self, corpus: str, tokens: int, skip_sequences: int = 0) -> Iterator:
         from saedoctor.activations.batches import token_batches
         from saedoctor.activations.corpus import iter_documents
 
+        # Skipped sequences are tokenised (the packing depends on them) but never batched.
         return token_batches(
             self.loaded.tokenizer,
             iter_documents(corpus, text_field=self.opts.text_field),
@@ -170,14 +224,117 @@ class ModelPass:
             batch_size=self.opts.batch_size,
             max_tokens=tokens,
             include_special=self.opts.include_special,
+            skip_sequences=skip_sequences,
             name=corpus,
         )
 
+    def _guarded(self, batch: Any, step: Callable[[Any], None]) -> None:
+        """`step(batch)`; out of GPU memory, the accumulators are rolled back and the batch is
+        retried in halves (down to one sequence) instead of losing the run."""
+        cap = _row_caps.get(self.loaded.model)
+        if cap is not None and batch.input_ids.shape[0] > cap:
+            for part in split_batch(batch):  # a size that failed before: don't retry it
+                self._guarded(part, step)
+            return
+        snapshot = [(u.suite.state_dict(), u.downstream.state_dict()) for u in self.units]
+        try:
+            step(batch)
+            return
+        except torch.cuda.OutOfMemoryError:
+            rows = batch.input_ids.shape[0]
+        # Outside the except block, so the traceback's frames (and their tensors) are freed.
+        if rows == 1:
+            raise InputError(
+                f"out of GPU memory on {self.opts.device} for one sequence of --context "
+                f"{self.opts.context}: use a shorter --context, --dtype bfloat16 or fewer --sae"
+            )
+        for unit, (suite, down) in zip(self.units, snapshot, strict=True):
+            unit.suite.load_state_dict(suite)
+            unit.downstream.load_state_dict(down)
+        _out_of_memory(self.loaded.model, rows, self.opts.device)
+        for part in split_batch(batch):
+            self._guarded(part, step)
+
+
+# Per model: the batch rows above which a forward ran out of GPU memory, shared by the passes.
+_row_caps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _out_of_memory(model: Any, rows: int, device: str) -> None:
+    if model not in _row_caps:  # warn once per model
+        stderr_console.print(
+            f"[bold yellow]warning[/]: out of GPU memory on {device} with {rows} sequences per "
+            "batch; continuing in smaller pieces (same metrics, slower): a smaller "
+            "--batch-size avoids the retries", highlight=False
+        )
+    _row_caps[model] = min(_row_caps.get(model, rows), max(1, rows // 2))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def split_batch(batch: Any) -> list[Any]:
+    """Two halves of a token batch; global sequence ids stay those of the whole batch."""
+    import dataclasses
+
+    rows = batch.input_ids.shape[0]
+    half = (rows + 1) // 2
+    parts = []
+    for s in (slice(0, half), slice(half, rows)):
+        lengths = None if batch.lengths is None else batch.lengths[s]
+        first = batch.first_sequence + s.start
+        parts.append(dataclasses.replace(batch, input_ids=batch.input_ids[s],
+                                         counted=batch.counted[s], lengths=lengths,
+                                         first_sequence=first))  # fmt: skip
+    return parts
+
 
 @torch.inference_mode()
-def feed(unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink) -> None:
-    x_hat, codes = unit.sae(x)
-    sink(unit, x, x_hat, codes, seq_ids.to(x.device))
+def feed(
+    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink,
+    where: RowOrigin | None = None,
+) -> None:  # fmt: skip
+    """The SAE on one batch of rows, then `sink` on the rows whose input and output are
+    finite; `where` (when given) locates the rows left out for the report."""
+    _, _, kept = encode_finite(unit, x, seq_ids.to(x.device), where)
+    if kept[0].shape[0]:
+        sink(unit, *kept)
+
+
+def encode_finite(
+    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, where: RowOrigin | None
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+    """(x̂ of every row, the mask of rows kept or None for all, (x, x̂, codes, seq_ids) of the
+    kept rows). A row with a non-finite input never reaches the SAE (its x̂ is its own x, so
+    a splice leaves it as the model made it); one with a non-finite x̂ or code is dropped
+    after. Both are counted in `unit.suite.nonfinite`."""
+    track = unit.suite.nonfinite
+    x_ok = finite_rows(x)
+    x_hat, codes = unit.sae(x if x_ok is None else x[x_ok])
+    full = x_hat
+    if x_ok is not None:
+        track.skip("activation_rows", ~x_ok, where)
+        full = x.to(x_hat.dtype).clone()
+        full[x_ok] = x_hat
+        x, seq_ids = x[x_ok], seq_ids[x_ok]
+        where = None if where is None else where.select(x_ok)
+    out_ok = finite_output_rows(x_hat, codes)
+    if out_ok is not None:
+        track.skip("sae_output_rows", ~out_ok, where)
+        x, x_hat, codes, seq_ids = x[out_ok], x_hat[out_ok], codes.select(out_ok), seq_ids[out_ok]
+    kept = _kept_rows(x_ok, out_ok)
+    return full, kept, (x, x_hat, codes, seq_ids)
+
+
+def _kept_rows(x_ok: torch.Tensor | None, out_ok: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows kept of the whole batch from the input mask and the output mask of its finite
+    rows; None when both kept everything (the clean case)."""
+    if x_ok is None:
+        return out_ok
+    if out_ok is None:
+        return x_ok
+    kept = x_ok.clone()
+    kept[x_ok] = out_ok
+    return kept
 
 
 @torch.inference_mode()
@@ -194,23 +351,53 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
     del logits
     positions, seq_ids = counted_rows(batch)
     positions, seq_ids = positions.to(device), seq_ids.to(device)
+    where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions)
 
     ablated: dict[Any, tuple] = {}
     for unit in units:
         site = unit.sae.site
         site_acts = acts[site]
         flat = site_acts.reshape(-1, site_acts.shape[-1])
-        x = flat[positions]
-        x_hat, codes = unit.sae(x)
-        unit.suite.update(x, x_hat, codes, seq_ids)
+        x_hat, kept, rows = encode_finite(unit, flat[positions], seq_ids, where)
+        if rows[0].shape[0]:
+            unit.suite.update(*rows)
         spliced = flat.clone()
         spliced[positions] = x_hat.to(spliced.dtype)
         sae_scores = clean.score(splicer.patched(site, spliced.view_as(site_acts)))
         if site not in ablated:  # zero-ablation depends on the site only: once per site
             ablated[site] = clean.score(splicer.zero_ablated(site, counted))
-        unit.downstream.add_clean(clean.ce, ce_mask)
+        ok = _finite_downstream(clean.ce, sae_scores, ablated[site], positions, kept)
+        ce_m, kl_m = (ce_mask, kl_mask) if ok is None else (ce_mask & ok[:, :-1], kl_mask & ok)
+        if ok is not None:
+            _skip_positions(unit, kl_mask & ~ok, batch.first_sequence)
+        unit.downstream.add_clean(clean.ce, ce_m)
         for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[site])):
-            unit.downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
+            unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
+
+
+def _skip_positions(unit: SAEUnderTest, skipped: torch.Tensor, first_sequence: int) -> None:
+    """Count and locate the counted positions `skipped [B, T]` left out of CE/KL sums."""
+    flat = torch.arange(skipped.numel(), device=skipped.device)
+    grid = RowOrigin(first_sequence, skipped.shape[1], flat)
+    unit.suite.nonfinite.skip("downstream_positions", skipped.flatten(), grid)
+
+
+def _finite_downstream(
+    clean_ce: torch.Tensor, sae: tuple, ablated: tuple, positions: torch.Tensor,
+    kept: torch.Tensor | None,
+) -> torch.Tensor | None:  # fmt: skip
+    """`[B, T]` mask of the positions fit for CE/KL sums, or None when all are: clean and
+    patched scores finite, and the SAE kept the position's row (a row left out of the sparse
+    metrics is left out here too)."""
+    from saedoctor.metrics.downstream import finite_positions
+
+    ok = finite_positions(clean_ce, sae, ablated)
+    if kept is None:
+        return ok
+    if ok is None:
+        ok = torch.ones_like(sae[1], dtype=torch.bool)
+    ok.view(-1)[positions[~kept]] = False
+    return ok
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:
@@ -232,19 +419,53 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, 
 
     loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
-    passes = ModelPass(loaded, opts, units)
-    if opts.downstream:
-        info = passes.run_downstream(opts.corpus, opts.tokens, "diagnose (with downstream loss)")
-    else:
-        info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
+    state = main_pass_state(opts, loaded, units)
+    passes = ModelPass(loaded, opts, units, state)
+    with state.signals():
+        if opts.downstream:
+            info = passes.run_downstream(opts.corpus, opts.tokens,
+                                         "diagnose (with downstream loss)")  # fmt: skip
+        else:
+            info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
+    passes.state = None  # the secondary passes rerun from scratch on resume
     _require_tokens(info, opts.corpus)
-    extras: dict[str, Any] = {"explanations": explain_on_model(passes, units)}
-    if opts.first_letter_absorption:
-        extras["first_letter"] = first_letter_on_model(loaded, units, opts)
-    if opts.compare_corpus:
-        extras["comparisons"] = compare_on_model(passes, units)
+    extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
-    return {"model": model_info, **info, **extras}
+    return {"model": model_info, **info, **extras, "state_file": state.path}
+
+
+def secondary_passes(passes: ModelPass, units: list[SAEUnderTest], state: Any,
+                     totals: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    """Explanations, first-letter absorption, the comparison corpus: not resumable
+    themselves, but an interrupt during the long ones keeps the finished main pass."""
+    from saedoctor.diagnose_state import DiagnoseInterrupted
+
+    opts = passes.opts
+    if opts.first_letter_absorption or opts.compare_corpus or state.path.exists():
+        state.save(totals)
+    try:
+        extras: dict[str, Any] = {"explanations": explain_on_model(passes, units)}
+        if opts.first_letter_absorption:
+            extras["first_letter"] = first_letter_on_model(passes.loaded, units, opts)
+        if opts.compare_corpus:
+            extras["comparisons"] = compare_on_model(passes, units)
+    except KeyboardInterrupt as err:
+        if isinstance(err, DiagnoseInterrupted) or not state.path.exists():
+            raise
+        raise DiagnoseInterrupted(state.path, totals["tokens_processed"], opts.tokens) from None
+    return extras
+
+
+def main_pass_state(opts: DiagnoseOptions, loaded: Any, units: list[SAEUnderTest]) -> Any:
+    """The saver / resumer of the main pass; its file is `opts.state_file` or in the cache."""
+    from saedoctor.diagnose_state import MainPassState, cached_state_path, identity
+
+    tokenizer = loaded.tokenizer
+    model = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model,
+             "vocab": len(tokenizer), "tokenizer": type(tokenizer).__name__}  # fmt: skip
+    ident = identity(opts, model, units)
+    path = Path(opts.state_file) if opts.state_file else cached_state_path(ident)
+    return MainPassState(path, ident, units, opts.tokens, opts.checkpoint_minutes)
 
 
 def first_letter_on_model(loaded: Any, units: list[SAEUnderTest], opts: DiagnoseOptions) -> dict:
@@ -378,6 +599,7 @@ _BULKY = ("density", "density_histogram", "mean_activation_when_active", "absorp
 
 # -- cached activations --------------------------------------------------------------------
 def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
+    from saedoctor.activations.cached import DEFAULT_CONTEXT as CACHED_CONTEXT
     from saedoctor.activations.cached import iter_cached_batches, load_cached_activations
 
     acts = load_cached_activations(opts.activations)
@@ -389,13 +611,15 @@ def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict
                 f"activations of width {d_in}"
             )
     counted = 0
+    seq_len = acts.shape[1] if acts.dim() == 3 else CACHED_CONTEXT
     with token_progress(opts.quiet) as progress:
         task = progress.add_task("diagnose", total=acts.numel() // d_in)
         for x, seq_ids in iter_cached_batches(acts, opts.batch_size * opts.context):
+            where = RowOrigin(0, seq_len, torch.arange(counted, counted + x.shape[0]))
             counted += x.shape[0]
             progress.update(task, advance=x.shape[0])
-            for unit in units:
-                feed(unit, x.to(opts.device), seq_ids, suite_sink)
+            for unit in units:  # the file was checked finite: only an SAE output can fail
+                feed(unit, x.to(opts.device), seq_ids, suite_sink, where)
     info = {"model": None, "tokens_processed": counted, "tokens_counted": counted}
     _require_tokens(info, str(opts.activations))
     info["explanations"] = {u.name: explanations_without_tokens(u) for u in units}
@@ -427,8 +651,14 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:
         metrics["first_letter_absorption"] = first_letter["first_letter_absorption"]
+    nonfinite = unit.suite.nonfinite.compute()
     reason = NOT_MEASURED_WITHOUT_MODEL if info["model"] is None else NOT_MEASURED_OFF
+    if nonfinite["downstream_positions_skipped"] and not unit.downstream.compute():
+        reason = nonfinite_downstream_reason(nonfinite)
     not_measured = {k: reason for k in ("loss_recovered", "kl_score") if metrics.get(k) is None}
+    if metrics["tokens_seen"] == 0:  # every row skipped as non-finite: nothing to measure
+        keys = ("always_on_features", *unit.suite.measured_keys())
+        not_measured |= dict.fromkeys(keys, nonfinite_rows_reason(nonfinite))
     for key in not_measured:
         metrics.pop(key, None)
     if first_letter is not None and "first_letter_absorption" not in metrics:
@@ -440,6 +670,7 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
         "site": site_entry(unit.sae),
         "metrics": metrics,
         "not_measured": not_measured,
+        "nonfinite": nonfinite,
         "grading": None,
         "diagnoses": [],
         "prescriptions": [],
@@ -450,6 +681,21 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
         "feature_density": density,
         "feature_mean_activation": mean_activation,
     }
+
+
+def nonfinite_rows_reason(nonfinite: dict[str, Any]) -> str:
+    acts, outs = nonfinite["activation_rows_skipped"], nonfinite["sae_output_rows_skipped"]
+    if not outs:
+        return f"every activation row was non-finite (NaN/inf; fp16 overflow?): {acts} skipped"
+    if not acts:
+        return f"the SAE's output was non-finite on every row (fp16 overflow?): {outs} skipped"
+    return (f"no finite row left: {acts} activation rows non-finite, {outs} more with a "
+            "non-finite SAE output")  # fmt: skip
+
+
+def nonfinite_downstream_reason(nonfinite: dict[str, Any]) -> str:
+    n = nonfinite["downstream_positions_skipped"]
+    return f"every position had non-finite activations or logits (NaN/inf): {n} skipped"
 
 
 def config_entry(sae: SAE) -> dict[str, Any]:
@@ -487,12 +733,16 @@ def _jsonable(value: Any) -> Any:
 def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) -> dict:
     import platform
 
+    import numpy
+    import safetensors
     import transformers
 
     from saedoctor import __version__
 
     options = asdict(opts)
-    options.pop("quiet")
+    # How the run was carried out, not what it measured: a resumed report equals a fresh one.
+    for key in ("quiet", "resume", "state_file", "checkpoint_minutes", "keep_state"):
+        options.pop(key)
     keep = ("model", "tokens_processed", "tokens_counted", "sequences")
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -500,8 +750,11 @@ def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) ->
             "saedoctor": __version__,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            "numpy": numpy.__version__,
+            "safetensors": safetensors.__version__,
             "python": platform.python_version(),
         },
+        "torch_threads": torch.get_num_threads(),
         "options": options,
         "corpus": None if opts.activations else opts.corpus,
         "compare_corpus": opts.compare_corpus,
@@ -537,7 +790,30 @@ def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str,
     }
     apply_health(document, policy)
     document["run"]["wall_time_s"] = round(time.perf_counter() - start, 3)
+    if not opts.keep_state:
+        _discard_state(info.get("state_file"))
     return document
+
+
+def diagnose_and_write(opts: DiagnoseOptions, out: str | Path) -> dict[str, Any]:
+    """`diagnose`, then the report JSON to `out`. The main pass's state is saved beside it,
+    `<out>.partial.safetensors`, and deleted only once the report is written: an interrupt,
+    or a failed write, leaves it for `resume=True`."""
+    from saedoctor.diagnose_state import state_path_for
+    from saedoctor.report.document import write_report
+
+    opts.state_file = opts.state_file or str(state_path_for(out))
+    opts.keep_state = True
+    document = diagnose(opts)
+    write_report(document, out)
+    _discard_state(opts.state_file)
+    return document
+
+
+def _discard_state(path: str | Path | None) -> None:
+    from saedoctor.diagnose_state import discard
+
+    discard(path)
 
 
 def ensure_default_sae(opts: DiagnoseOptions) -> Path:

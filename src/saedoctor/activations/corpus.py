@@ -28,7 +28,7 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from saedoctor.errors import InputError
 
@@ -242,6 +242,9 @@ def _jsonl_text(path: Path, number: int, line: str, text_field: str) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
+    # An integer past Python's digit limit, or arrays nested thousands deep.
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{where}: not usable JSON ({exc})") from exc
     if not isinstance(record, dict) or text_field not in record:
         raise InputError(f"{where}: expected a JSON object with a {text_field!r} field")
     text = record[text_field]
@@ -269,10 +272,19 @@ def _parquet(path: Path, text_field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_field]):
+    batches = parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_field])
+    while (batch := _next_batch(batches, path)) is not None:
         for text in batch.column(0).to_pylist():
             if isinstance(text, str) and text.strip():
                 yield text
+
+
+def _next_batch(batches: Iterator, path: Path) -> Any:
+    """The next record batch, or None; a valid footer can still front corrupt data pages."""
+    try:
+        return next(batches, None)
+    except Exception as exc:  # pyarrow raises OSError, ArrowInvalid, ... for corrupt pages
+        raise InputError(f"corpus {path}: corrupt parquet data ({exc})") from exc
 
 
 def _directory(path: Path, text_field: str, split: str | None) -> Iterator[str]:

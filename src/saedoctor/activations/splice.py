@@ -54,7 +54,9 @@ class Splicer:
     @torch.inference_mode()
     def clean(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
         handles = [self._capture_site(s) for s in self.sites]
-        handles += [self._capture_inputs(i) for i in range(self.first, len(self.blocks))]
+        # The last block's inputs are always kept: the resume check restarts from them.
+        last = len(self.blocks) - 1
+        handles += [self._capture_inputs(i) for i in range(min(self.first, last), last + 1)]
         try:
             logits = self.model(input_ids=input_ids, use_cache=False).logits
         finally:

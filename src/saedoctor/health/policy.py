@@ -92,9 +92,12 @@ def _read_toml(source: Any, label: str) -> dict[str, Any]:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{label}: cannot read policy file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label}: not UTF-8 text (byte {exc.start}); expected TOML") from exc
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    # tomllib recurses per nesting level: `a = [[[[...` thousands deep exhausts the stack.
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise InputError(f"{label}: not valid TOML ({exc})") from exc
 
 

@@ -4,6 +4,10 @@ Conventions (those of SAELens `get_recons_loss`): the SAE's reconstruction repla
 only at counted positions; zero-ablation zeroes the whole site; CE is next-token CE at
 positions whose input token is counted (the last position has no target); KL(clean‖patched)
 is taken at every counted position. Scores are formed from the means.
+
+A position whose clean or patched logits are not finite (NaN/inf: an fp16 overflow, a broken
+model) is left out of every sum of that SAE, clean CE included, so the three CE values and
+the two KL values always average over the same positions (`finite_positions`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ def next_token_nll(logp: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     if logp.dim() == 1:
         return -logp[targets]
     return -logp[:, : targets.shape[1]].gather(-1, targets[..., None]).squeeze(-1)
+
+
+def finite_positions(
+    clean_ce: torch.Tensor, *scores: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor | None:
+    """None when the clean CE `[B, T-1]` and every (CE, KL) score are finite everywhere (one
+    sync); else the `[B, T]` mask of positions where all of them are. A position whose clean
+    logits are not finite has a non-finite KL, so KL covers the clean side at every position."""
+    ces = [clean_ce, *(ce for ce, _ in scores)]
+    kls = [kl for _, kl in scores]
+    every = torch.stack([torch.isfinite(t).all() for t in ces + kls]).all()
+    if bool(every):
+        return None
+    ok = torch.stack([torch.isfinite(kl) for kl in kls]).all(0)
+    ok[:, :-1] &= torch.stack([torch.isfinite(ce) for ce in ces]).all(0)
+    return ok
 
 
 class CleanDistribution:

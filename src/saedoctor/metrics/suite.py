@@ -1,7 +1,8 @@
 """`MetricSuite`: every streaming SPEC §2 metric of one SAE in one mergeable object.
 
 Not covered here: `loss_recovered`, `kl_score` (need the language model) and
-`first_letter_absorption` (probe based).
+`first_letter_absorption` (probe based). `nonfinite` counts the rows the caller left out
+because they held NaN/inf (metrics/finite.py); it is not a metric, `compute` leaves it out.
 """
 
 from __future__ import annotations
@@ -13,12 +14,29 @@ import torch
 from saedoctor.metrics.absorption import decoder_absorption
 from saedoctor.metrics.diversity import Diversity
 from saedoctor.metrics.features import FeatureStats
+from saedoctor.metrics.finite import NonFinite
 from saedoctor.metrics.histogram import density_histogram
 from saedoctor.metrics.reconstruction import Reconstruction
 from saedoctor.sae.codes import Codes
 
 _CONFIG_KEYS = ("d_in", "d_sae", "always_on_threshold", "dense_threshold", "dead_threshold",
                 "diversity_top")  # fmt: skip
+# What `compute` measures from the tokens; all None when no token was seen (every row skipped
+# as non-finite): the caller reports them as not measured rather than as NaN or 0.
+MEASURED_KEYS = ("always_on_count", "dense_count", "dead_count", "dead_pct", "never_fired_count",
+                 "l0", "diversity_top{top}", "variance_explained", "fvu",
+                 "variance_explained_legacy", "mse", "cossim", "l2_ratio",
+                 "relative_reconstruction_bias", "absorption")  # fmt: skip
+
+
+class _SuiteFeatures(FeatureStats):
+    """FeatureStats that, having seen no token, names no always-on feature instead of failing,
+    so a run whose every row was non-finite still gets as far as its report."""
+
+    def compute(self) -> dict[str, Any]:
+        if int(self.tokens) == 0:
+            return {"always_on_features": []}
+        return super().compute()
 
 
 class MetricSuite:
@@ -35,9 +53,11 @@ class MetricSuite:
         diversity_top: int = 10,
     ) -> None:
         self.d_in, self.d_sae = d_in, d_sae
-        self.features = FeatureStats(d_sae, always_on_threshold, dense_threshold, dead_threshold)
+        self.features = _SuiteFeatures(d_sae, always_on_threshold, dense_threshold,
+                                       dead_threshold)  # fmt: skip
         self.diversity = Diversity(diversity_top)
         self.reconstruction = Reconstruction(d_in)
+        self.nonfinite = NonFinite()
 
     @property
     def config(self) -> dict[str, float]:
@@ -79,10 +99,19 @@ class MetricSuite:
         self.features.merge(other.features)
         self.diversity.merge(other.diversity)
         self.reconstruction.merge(other.reconstruction)
+        self.nonfinite.merge(other.nonfinite)
         return self
 
     def compute(self, W_dec: torch.Tensor | None = None) -> dict[str, Any]:
-        """Flat dict of plain Python values; absorption only when `W_dec [d_sae, d_in]` is given."""
+        """Flat dict of plain Python values; absorption only when `W_dec [d_sae, d_in]` is given.
+
+        With no token seen because every row was left out as non-finite, every
+        `measured_keys()` value is None and the per-feature lists are empty; with no token
+        seen at all, ValueError (nothing was fed: a caller's mistake)."""
+        if int(self.features.tokens) == 0:
+            if not self.nonfinite.total:
+                raise ValueError("no tokens seen: the metrics are undefined")
+            return self._nothing_seen()
         feats = self.features.compute()
         density = feats.pop("density")
         mean_act = feats.pop("mean_activation_when_active")
@@ -96,6 +125,17 @@ class MetricSuite:
         }
         out.update(self._absorption(W_dec, density))
         return out
+
+    def measured_keys(self) -> tuple[str, ...]:
+        """The keys of `compute` that are measured from tokens (None when none was seen)."""
+        return tuple(k.format(top=self.diversity.top) for k in MEASURED_KEYS)
+
+    def _nothing_seen(self) -> dict[str, Any]:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return {**dict.fromkeys(self.measured_keys()), "always_on_features": [], "tokens_seen": 0,
+                "sequences_seen": 0, "density": [], "density_histogram": density_histogram(empty),
+                "mean_activation_when_active": [], "absorption_method": None,
+                "absorption_features": 0}  # fmt: skip
 
     def _absorption(self, W_dec: torch.Tensor | None, density: torch.Tensor) -> dict[str, Any]:
         if W_dec is None:
@@ -112,6 +152,7 @@ class MetricSuite:
         d |= self.features.state_dict("features.")
         d |= self.diversity.state_dict("diversity.")
         d |= self.reconstruction.state_dict("reconstruction.")
+        d |= self.nonfinite.state_dict("nonfinite.")
         return d
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
@@ -123,6 +164,7 @@ class MetricSuite:
         self.features.load_state_dict(d, "features.")
         self.diversity.load_state_dict(d, "diversity.")
         self.reconstruction.load_state_dict(d, "reconstruction.")
+        self.nonfinite.load_state_dict(d, "nonfinite.")
 
 
 def _config_tensor(v: float) -> torch.Tensor:

@@ -27,7 +27,9 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: no such report file")
     try:
         document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # ValueError also covers bad UTF-8 and integers past Python's digit limit; RecursionError
+    # a document nested thousands deep.
+    except (ValueError, RecursionError) as err:
         raise InputError(f"{path}: not a JSON report ({err})") from err
     check_schema_id(document, str(path))
     from saedoctor.report.schema import validate_report  # jsonschema loads only when reading

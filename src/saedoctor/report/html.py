@@ -111,6 +111,11 @@ def html_diagnoses(diagnoses: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def nonfinite_html(entry: dict[str, Any]) -> list[str]:
+    warning = sections.nonfinite_warning(entry)
+    return [f'<p class="st-warning">{escape(warning)}</p>'] if warning else []
+
+
 def html_sae(document: dict[str, Any], entry: dict[str, Any], index: int, figs: Plots) -> str:
     grade_cls = status_class(grade_status(grade_of(entry)))
     parts = [
@@ -118,6 +123,7 @@ def html_sae(document: dict[str, Any], entry: dict[str, Any], index: int, figs: 
         f'<p class="meta">{escape(site_text(entry))}</p>',
         f'<p class="meta">{escape(config_text(entry))}</p>',
         f'<p class="grade {grade_cls}">{escape(grade_text(entry))}</p>',
+        *nonfinite_html(entry),
         '<div class="grid"><div>', html_table(sections.metric_table(entry)), "</div><div>",
         figs.div(plots.bands_figure(document, entry), "bands"), "</div></div>",
         figs.div(plots.density_histogram_figure(entry, document["run"]), "density"),

@@ -57,6 +57,9 @@ def md_sae(entry: dict[str, Any], corpus: str | None = None) -> list[str]:
     out = ["", f"## {md_escape(entry['name'])}", "", md_escape(site_text(entry)) + "  ",
            md_escape(config_text(entry)), "", "### Metrics", "",
            md_table(sections.metric_table(entry)), "", f"**{md_escape(grade_text(entry))}**"]
+    warning = sections.nonfinite_warning(entry)
+    if warning:
+        out[5:5] = ["", f"> **{md_escape(warning)}**"]  # above the metrics it qualifies
     explanations = sections.explanation_table(entry)
     if explanations:
         out += ["", "### Always-on features explained", "", md_table(explanations)]

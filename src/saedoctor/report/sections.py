@@ -75,6 +75,22 @@ def metric_table(entry: dict[str, Any]) -> Table:
     return table
 
 
+def nonfinite_warning(entry: dict[str, Any]) -> str | None:
+    """One line when rows or positions were left out as NaN/inf, else None (clean run)."""
+    nf = entry.get("nonfinite") or {}
+    counts = [(nf.get("activation_rows_skipped") or 0, "activation rows"),
+              (nf.get("sae_output_rows_skipped") or 0, "rows with a non-finite SAE output"),
+              (nf.get("downstream_positions_skipped") or 0, "positions of loss recovered / KL")]
+    parts = [f"{n:,} {what}" for n, what in counts if n]
+    if not parts:
+        return None
+    first = nf.get("first_positions") or []
+    where = ", ".join(f"{seq}:{pos}" for seq, pos in first[:5])
+    more = " …" if len(first) > 5 else ""
+    return ("warning: non-finite values (NaN/inf) skipped: " + "; ".join(parts)
+            + (f" (first at sequence:position {where}{more})" if where else ""))
+
+
 def explanation_table(entry: dict[str, Any]) -> Table | None:
     """Why each always-on feature is always on (bias direction, antipodal pair, tokens)."""
     explanations = entry.get("always_on_explanations") or []

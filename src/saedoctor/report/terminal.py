@@ -61,6 +61,9 @@ def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None
     console.print(Rule(Text(entry["name"], style="bold")))
     console.print(Text(site_text(entry)))
     console.print(Text(config_text(entry)))
+    warning = sections.nonfinite_warning(entry)
+    if warning:
+        console.print(Text(warning, style="bold yellow"))
     show(console, sections.metric_table(entry))
     colour = STYLES.get(grade_status(grade_of(entry)) or "", "")
     console.print(Text(grade_text(entry), style=f"bold {colour}"))

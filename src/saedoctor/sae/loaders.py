@@ -214,6 +214,7 @@ def _build(
             dtype=_dtype(dtype, raw.tensors),
             metadata=metadata,
         )
+        _check_core_shapes(raw, source)
         sae = build_sae(cfg, raw.tensors, source)
     except InputError as e:
         if source in str(e):
@@ -223,3 +224,24 @@ def _build(
         return sae.to(device)
     except (RuntimeError, ValueError, AssertionError) as e:
         raise InputError(f"device {device!r} for {source}: cannot place the SAE there ({e})") from e
+
+
+def _check_core_shapes(raw: RawSAE, source: str) -> None:
+    """The stored tensors must match the config before `build_sae` allocates from it: a config
+    claiming d_sae = 10**9 beside a small file would otherwise allocate gigabytes first."""
+    expected = {
+        "W_enc": (raw.d_in, raw.d_sae),
+        "W_dec": (raw.d_sae, raw.d_in),
+        "b_enc": (raw.d_sae,),
+        "b_dec": (raw.d_in,),
+    }
+    for name, shape in expected.items():
+        t = raw.tensors.get(name)
+        if t is None:
+            found = ", ".join(sorted(raw.tensors)) or "none"
+            raise InputError(f"{source}: missing SAE tensor {name} (found: {found})")
+        if tuple(t.shape) != shape:
+            raise InputError(
+                f"{source}: tensor {name} has shape {tuple(t.shape)}, expected {shape} "
+                f"from the config (d_in={raw.d_in}, d_sae={raw.d_sae})"
+            )

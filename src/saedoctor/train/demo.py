@@ -54,6 +54,22 @@ def _resumable(out: Path, cfg: Any) -> bool:
         return False
 
 
+def _diagnose_resumable(opts: Any, run_json: Path) -> dict[str, Any]:
+    """Diagnose and write `run_json`; an interrupted diagnosis (its state file beside
+    `run_json`) is continued, like the training step."""
+    from saedoctor.diagnose import diagnose_and_write
+    from saedoctor.diagnose_state import DiagnoseInterrupted, state_path_for
+
+    opts.resume = state_path_for(run_json).is_file()
+    if opts.resume:
+        console.print(f"[bold]demo[/]: continuing the interrupted diagnosis "
+                      f"({state_path_for(run_json)})", highlight=False)  # fmt: skip
+    try:
+        return diagnose_and_write(opts, run_json)
+    except DiagnoseInterrupted as err:
+        raise err.with_hint("run the same `saedoctor demo` again to resume") from None
+
+
 def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet: bool = False,
              *, model: str = defaults.DEFAULT_MODEL,
              train_corpus: str = defaults.DEFAULT_TRAIN_CORPUS,
@@ -61,9 +77,8 @@ def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet:
              **overrides: Any) -> dict[str, Any]:  # fmt: skip
     """Train, diagnose, compare; returns the report. `model` / corpora / `overrides` (training
     fields) exist for tests and experiments: the demo itself is the embedded default."""
-    from saedoctor.diagnose import DiagnoseOptions, diagnose
+    from saedoctor.diagnose import DiagnoseOptions
     from saedoctor.report import compare as cmp
-    from saedoctor.report.document import write_report
     from saedoctor.report.render import render
     from saedoctor.train.config import preset_config
     from saedoctor.train.trainer import train
@@ -89,10 +104,10 @@ def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet:
     console.print(f"[bold]demo[/]: diagnosing {len(paths)} SAEs on {eval_corpus} "
                   f"({eval_tokens:,} tokens)")  # fmt: skip
     model_opt = None if model == defaults.DEFAULT_MODEL else model
-    document = diagnose(DiagnoseOptions(model=model_opt, saes=[str(p) for p in paths.values()],
-                                        corpus=eval_corpus, tokens=eval_tokens,
-                                        quiet=quiet))  # fmt: skip
-    run_json = write_report(document, out / "run.json")
+    run_json = out / "run.json"
+    document = _diagnose_resumable(DiagnoseOptions(
+        model=model_opt, saes=[str(p) for p in paths.values()], corpus=eval_corpus,
+        tokens=eval_tokens, quiet=quiet), run_json)  # fmt: skip
     html = out / "report.html"
     from saedoctor.atomic import atomic_write_bytes
 

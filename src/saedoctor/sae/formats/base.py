@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,25 +41,32 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise InputError(f"{path}: file not found") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: invalid JSON config ({e})") from e
+    # ValueError covers bad UTF-8 and integers past Python's digit limit; RecursionError a
+    # config nested thousands deep.
+    except (OSError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: invalid JSON config ({brief(e)})") from e
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file, on CPU."""
+    """All tensors of a .safetensors file, on CPU, checked by `checked_tensors`."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    # safetensors memory-maps the file and validates the 8-byte header length against the
+    # file size, the header JSON, every dtype, shape and offset (bytes = numel * itemsize,
+    # offsets contiguous and covering the data exactly) before any tensor is built, so a
+    # header declaring a huge tensor fails without allocating it (tests/test_hostile_files.py).
     try:
-        return load_file(str(path), device="cpu")
-    # safetensors raises its own Rust error type (and sometimes OSError/ValueError) for
-    # truncated or corrupt headers; the user only needs to know the file is unusable.
+        tensors = load_file(str(path), device="cpu")
+    # Its Rust error type (and KeyError for dtypes torch lacks) says why; the user needs one
+    # line naming the file.
     except Exception as e:
-        raise InputError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({brief(e)})") from e
+    return checked_tensors(tensors, path)
 
 
 def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -65,19 +74,78 @@ def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Noise about the pickle protocol number; a real problem raises below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise InputError(
-            f"{path}: not a plain tensor state dict; it asks to run code on load, "
-            "which saedoctor refuses (only torch.load(weights_only=True) is used)"
-        ) from e
+        if called := _GLOBAL.search(str(e)):
+            raise InputError(
+                f"{path}: not a plain tensor state dict; its pickle calls {called.group(1)} on "
+                "load, which saedoctor refuses (only torch.load(weights_only=True) is used)"
+            ) from e
+        raise InputError(f"{path}: corrupt or not a PyTorch file ({_unpickling_reason(e)})") from e
     except Exception as e:
-        raise InputError(f"{path}: corrupt or unreadable PyTorch file ({e})") from e
+        raise InputError(f"{path}: corrupt or unreadable PyTorch file ({brief(e)})") from e
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # Lightning-style checkpoints nest the weights.
     if not isinstance(obj, Mapping):
         raise InputError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return checked_tensors({str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}, path)
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The informative part of torch's multi-paragraph weights_only message."""
+    text = str(error)
+    if m := re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text):
+        return brief(m.group(1))
+    return brief(text.splitlines()[0] if text.strip() else type(error).__name__)
+
+
+def brief(error: Exception | str, limit: int = 200) -> str:
+    """An exception as one short line: some libraries list every dtype or explain at length."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text.removeprefix("Error while deserializing header: ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# torch's weights_only unpickler names the callable a pickle asked for.
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_WIDE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def checked_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Refuse tensors a metric could silently get wrong: not dense, complex, or non-finite.
+
+    Narrow floats (float8) are widened exactly to float32, which also gives them `isfinite`.
+    """
+    out = {}
+    for name, t in tensors.items():
+        if t.layout != torch.strided or t.is_quantized or t.device.type != "cpu":
+            raise InputError(
+                f"{path}: tensor {name} is a {t.layout} / quantized / {t.device.type} tensor; "
+                "expected a plain dense CPU tensor"
+            )
+        if t.is_complex():
+            raise InputError(f"{path}: tensor {name} has complex dtype {t.dtype}; expected real")
+        if t.is_floating_point() and t.dtype not in _WIDE_FLOATS:
+            t = _widened(t, name, path)
+        if t.is_floating_point() and (bad := int((~torch.isfinite(t)).sum())):
+            raise InputError(
+                f"{path}: tensor {name} has {bad} non-finite values (NaN or Inf); "
+                "expected finite weights"
+            )
+        out[name] = t
+    return out
+
+
+def _widened(t: torch.Tensor, name: str, path: Path) -> torch.Tensor:
+    try:
+        return t.to(torch.float32)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(
+            f"{path}: tensor {name} has unsupported dtype {t.dtype} ({brief(e)})"
+        ) from e
 
 
 def require(cfg: Mapping[str, Any], key: str, source: Path | str) -> Any:
@@ -87,13 +155,26 @@ def require(cfg: Mapping[str, Any], key: str, source: Path | str) -> Any:
     return cfg[key]
 
 
+def table(cfg: Mapping[str, Any], key: str, source: Path | str) -> dict[str, Any]:
+    """`cfg[key]` when it is a JSON object, {} when absent; anything else is an InputError."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{source}: config key {key!r} is a {type(value).__name__}, expected a JSON object"
+        )
+    return value
+
+
 def as_int(value: Any, key: str, source: Path | str) -> int:
     """An int config value (JSON may give floats like 16384.0 or tensors)."""
     try:
         if isinstance(value, torch.Tensor):
             value = value.item()
         out = int(value)
-    except (TypeError, ValueError) as e:
+    # OverflowError: JSON allows Infinity, and int(inf) overflows.
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
         raise InputError(f"{source}: config key {key!r}={value!r}: expected an integer") from e
     if out != value:
         raise InputError(f"{source}: config key {key!r}={value!r}: expected an integer")

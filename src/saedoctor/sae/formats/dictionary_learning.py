@@ -31,6 +31,7 @@ from saedoctor.sae.formats.base import (
     pick,
     read_json,
     read_torch_state_dict,
+    table,
     transposed,
 )
 from saedoctor.sae.site import SITE_KINDS, Site, parse_hook_name
@@ -83,7 +84,7 @@ def load(path: Path) -> RawSAE:
         apply_b_dec_to_input=apply_b_dec,
         site=_site(trainer, path),
         model_name=trainer.get("lm_name"),
-        metadata=_metadata(cfg, dict_class),
+        metadata=_metadata(cfg, dict_class, path / CFG_FILE),
     )
 
 
@@ -152,8 +153,8 @@ def _site(trainer: dict[str, Any], path: Path) -> Site | None:
     return None if layer is None else Site(as_int(layer, "layer", path / CFG_FILE), kind)
 
 
-def _metadata(cfg: dict[str, Any], dict_class: str) -> dict[str, Any]:
-    trainer, buffer = cfg.get("trainer") or {}, cfg.get("buffer") or {}
+def _metadata(cfg: dict[str, Any], dict_class: str, source: Path) -> dict[str, Any]:
+    trainer, buffer = cfg["trainer"], table(cfg, "buffer", source)
     meta: dict[str, Any] = {"dict_class": dict_class, "source_config": json_safe(cfg)}
     if buffer.get("ctx_len") is not None:
         meta["context_size"] = buffer["ctx_len"]

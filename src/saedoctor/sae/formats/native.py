@@ -23,6 +23,7 @@ from saedoctor.sae.formats.base import (
     read_json,
     read_safetensors,
     require,
+    table,
 )
 from saedoctor.sae.model import SAE
 from saedoctor.sae.site import Site, parse_hook_name
@@ -80,12 +81,12 @@ def _from_block(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Pat
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         site=site if isinstance(site, Site) else None,
         model_name=block.get("model_name"),
-        metadata=dict(block.get("metadata") or {}),
+        metadata=dict(table(block, "metadata", path / CFG_FILE)),
     )
 
 
-def _is_pre_6(cfg: dict[str, Any]) -> bool:
-    version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
+def _is_pre_6(cfg: dict[str, Any], source: Path | str) -> bool:
+    version = cfg.get("sae_lens_version") or table(cfg, "metadata", source).get("sae_lens_version")
     if not version:
         return True
     try:
@@ -94,12 +95,12 @@ def _is_pre_6(cfg: dict[str, Any]) -> bool:
         return True
 
 
-def _normalise_pre_6(cfg: dict[str, Any]) -> dict[str, Any]:
+def _normalise_pre_6(cfg: dict[str, Any], source: Path | str) -> dict[str, Any]:
     """Rename pre-6.0 keys the way SAELens's handle_pre_6_0_config does."""
     renames = {"hook_point": "hook_name", "activation_fn_str": "activation_fn",
                "hook_point_layer": "hook_layer"}
     out = {renames.get(k, k): v for k, v in cfg.items()}
-    kwargs = out.get("activation_fn_kwargs") or {}
+    kwargs = table(out, "activation_fn_kwargs", source)
     if out.get("activation_fn") == "topk" and kwargs.get("k") is not None:
         out["architecture"] = "topk"
         out["k"] = kwargs["k"]
@@ -112,8 +113,8 @@ def from_saelens_dict(
     cfg: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path | str
 ) -> RawSAE:
     """Convert a SAELens config dict (any version) and its state dict."""
-    cfg = _normalise_pre_6(cfg) if _is_pre_6(cfg) else dict(cfg)
-    meta = dict(cfg.get("metadata") or {})
+    cfg = _normalise_pre_6(cfg, source) if _is_pre_6(cfg, source) else dict(cfg)
+    meta = dict(table(cfg, "metadata", source))
     _check_supported(cfg, source)
     arch = _ARCH_FROM_SAELENS[cfg.get("architecture", "standard")]
     tensors = _saelens_tensors(dict(tensors), cfg, arch, source)
