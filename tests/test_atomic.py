@@ -124,3 +124,18 @@ def test_successful_write_replaces_and_has_plain_permissions(tmp_path):
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in Path(target.parent).iterdir()] == ["b.bin"]
+
+
+def test_full_disk_keeps_previous_training_checkpoint(tmp_path, monkeypatch):
+    from saedoctor.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.zeros(4)})
+    before = path.read_bytes()
+    _fill_disk_after(monkeypatch, room=1000)
+    with pytest.raises(WriteFailed) as info:
+        save_checkpoint(path, {"step": 2, "w": torch.ones(1 << 20)})
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

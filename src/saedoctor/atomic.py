@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,26 +30,40 @@ class WriteFailed(OSError):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write_with(path, lambda f: _write_all(f, data))
+
+
+def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """`write(f)` streams the content (e.g. `torch.save(obj, f)`), so large checkpoints
+    are never held in memory twice."""
     path = Path(path)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         _remove(tmp)
-        if isinstance(err, WriteFailed):
+        cause = _os_error_in(err)
+        if cause is None or isinstance(err, WriteFailed):
             raise
-        raise WriteFailed(path, err) from err
-    except BaseException:
-        _remove(tmp)
-        raise
+        raise WriteFailed(path, cause) from err
     return path
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: torch.save, for one, re-raises a full disk as RuntimeError."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:

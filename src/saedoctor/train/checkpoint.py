@@ -4,13 +4,12 @@ so a checkpoint can hold tensors and plain containers but never runs code."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from saedoctor.atomic import atomic_write_with
 from saedoctor.errors import InputError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -18,18 +17,7 @@ FORMAT = "saedoctor.train-checkpoint/1"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
