@@ -154,12 +154,26 @@ def diagnose(
     checkpoint_minutes: Annotated[
         float, typer.Option(help="save the main pass's state this often (0: only on Ctrl-C)")
     ] = 5.0,
+    device_map: Annotated[
+        str | None,
+        typer.Option(help="spread a model larger than one device with accelerate: auto | "
+                     "balanced | sequential (each SAE runs on its site's device)"),
+    ] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="load the model's weights in 8bit | 4bit (bitsandbytes)")
+    ] = None,
+    absorption_sample: Annotated[
+        int | None,
+        typer.Option(help="estimate absorption from N sampled features, with a 95% CI "
+                     "(each one's max still exact); default: exact over all features"),
+    ] = None,
 ) -> None:
     """Measure, grade and explain one or more SAEs in one streaming pass.
 
     Interrupted (Ctrl-C, SIGTERM), it saves its progress beside the report as
     <out>.partial.safetensors: rerun the same command with --resume to continue."""
     from saedoctor.diagnose import DiagnoseOptions, diagnose_and_write
+    from saedoctor.metrics.absorption import absorption_settings
 
     with handled_errors():
         _check_choice("--fail-on", fail_on, FAIL_LEVELS)
@@ -172,9 +186,12 @@ def diagnose(
             downstream=downstream, first_letter_absorption=first_letter_absorption,
             first_letter_words=first_letter_words,
             policy=policy, seed=seed, quiet=quiet, resume=resume,
-            checkpoint_minutes=checkpoint_minutes,
+            checkpoint_minutes=checkpoint_minutes, device_map=device_map, quantize=quantize,
         )  # fmt: skip
-        document = diagnose_and_write(opts, out)
+        if absorption_sample is not None and absorption_sample < 2:
+            raise InputError("--absorption-sample: expected at least 2 features")
+        with absorption_settings(sample=absorption_sample, seed=seed):
+            document = diagnose_and_write(opts, out)
         _write_views(document, md, html)
         if as_json:
             typer.echo(json.dumps(document, indent=1))
@@ -266,9 +283,11 @@ def filter_(
         typer.echo(json.dumps(result, indent=1))
 
 
+from saedoctor.activations.cache_cli import register as register_cache  # noqa: E402
 from saedoctor.train.cli import register  # noqa: E402 - train/demo live in train/cli.py
 
 register(app)
+register_cache(app)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from saedoctor import defaults
+from saedoctor import defaults, distributed
 from saedoctor.errors import InputError
 from saedoctor.metrics.downstream import Downstream
 from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
@@ -55,6 +55,10 @@ class DiagnoseOptions:
     first_letter_words: int = 4000
     policy: str | None = None
     seed: int = 0
+    # A model larger than one device: accelerate's device_map ("auto" or a dict), and/or
+    # bitsandbytes "8bit" / "4bit" weights; each SAE then runs on its site's device.
+    device_map: str | dict | None = None
+    quantize: str | None = None
     quiet: bool = False
     # Interrupt / resume of the main pass (see saedoctor.diagnose_state). `state_file` None:
     # in the cache dir, named by a fingerprint of the inputs. `keep_state`: leave the file for
@@ -203,7 +207,8 @@ class ModelPass:
             skip = state.start(totals, self.opts.resume)
         with token_progress(self.opts.quiet) as progress:
             task = progress.add_task(label, total=tokens, completed=totals["tokens_processed"])
-            for batch in self._batches(corpus, tokens, skip * self.opts.batch_size):
+            batches = self._batches(corpus, tokens, skip * self.opts.batch_size)
+            for batch in distributed.shard_main_pass(batches, state):  # this rank's share
                 totals["tokens_processed"] += batch.input_ids.numel()
                 totals["tokens_counted"] += int(batch.counted.sum())
                 totals["sequences"] += batch.input_ids.shape[0]
@@ -415,9 +420,12 @@ def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_
 
 
 def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
-    from saedoctor.activations.model import load_model
+    from saedoctor.activations.model import follow_sites, load_model
 
-    loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
+    loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype,
+                        device_map=opts.device_map, quantize=opts.quantize)  # fmt: skip
+    if opts.device_map is not None or opts.quantize is not None:
+        follow_sites(loaded, units)
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
     state = main_pass_state(opts, loaded, units)
     passes = ModelPass(loaded, opts, units, state)
@@ -427,6 +435,7 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, 
                                          "diagnose (with downstream loss)")  # fmt: skip
         else:
             info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
+    info = distributed.gather_main_pass(units, info, state)  # under torchrun: rank 0 goes on
     passes.state = None  # the secondary passes rerun from scratch on resume
     _require_tokens(info, opts.corpus)
     extras = secondary_passes(passes, units, state, info)
@@ -771,6 +780,7 @@ def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str,
 
     opts = opts or DiagnoseOptions(**overrides)
     opts.validate()
+    distributed.setup_diagnose(opts)
     policy = load_policy(opts.policy)  # a bad policy fails before minutes of streaming
     torch.manual_seed(opts.seed)
     if not opts.saes and opts.activations is None:

@@ -2,7 +2,8 @@
 
 A `.safetensors` file holding exactly one tensor, or a `.npy` array (loaded with
 `allow_pickle=False`: never run code from a file), shaped `[tokens, d_in]` or
-`[sequences, context, d_in]`.
+`[sequences, context, d_in]`; or a directory written by `saedoctor cache-activations`
+(safetensors shards, memory-mapped one at a time: see `cache_write.py`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saedoctor.activations.cache_write import ShardedActivations, open_cache
 from saedoctor.errors import InputError
 
 DEFAULT_CONTEXT = 128
 
 
-def load_cached_activations(path: str | Path) -> torch.Tensor:
-    """Load, validate (rank, dtype, finiteness) and return a float32 tensor (float64 kept)."""
+def load_cached_activations(path: str | Path) -> torch.Tensor | ShardedActivations:
+    """Load, validate (rank, dtype, finiteness) and return a float32 tensor (float64 kept);
+    a directory is an activation cache (`cache_write.py`), read lazily shard by shard."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        return open_cache(path)
     if not path.is_file():
         raise InputError(f"activations {path}: file not found")
     suffix = path.suffix.lower()
@@ -80,7 +85,7 @@ def _validate(path: Path, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def iter_cached_batches(
-    tensor: torch.Tensor, batch_tokens: int, *, context: int = DEFAULT_CONTEXT
+    tensor: torch.Tensor | ShardedActivations, batch_tokens: int, *, context: int = DEFAULT_CONTEXT
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x [n, d_in], seq_ids [n]) in order.
 
@@ -90,6 +95,9 @@ def iter_cached_batches(
     """
     if batch_tokens < 1 or context < 1:
         raise InputError(f"batch tokens {batch_tokens} / context {context}: expected >= 1")
+    if isinstance(tensor, ShardedActivations):  # a cache knows its own sequences
+        yield from tensor.batches(batch_tokens)
+        return
     seq_len = tensor.shape[1] if tensor.dim() == 3 else context
     flat = tensor.reshape(-1, tensor.shape[-1])
     step = max(1, batch_tokens // seq_len) * seq_len

@@ -43,20 +43,64 @@ class LoadedModel:
 
 
 def load_model(
-    spec: str | None = None, *, device: str = "cpu", dtype: str = "float32"
+    spec: str | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | dict[str, Any] | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Load the default model, a local model directory, or a Hugging Face hub id."""
+    """Load the default model, a local model directory, or a Hugging Face hub id.
+
+    `device_map` ("auto", "balanced", or a module → device dict) spreads a model larger than
+    one device over several with accelerate; `device` is then where token ids go in (the
+    embedding's device). `quantize` "8bit" / "4bit" loads the weights with bitsandbytes."""
     torch_dtype = _torch_dtype(dtype)
+    extra = _placement(device_map, quantize, torch_dtype)
     if spec is None or spec.strip().lower() in DEFAULT_ALIASES:
         model_dir, name = ensure_default_cached(), DEFAULT_NAME
-        model, tokenizer = _from_dir(model_dir, torch_dtype, name)
+        model, tokenizer = _from_dir(model_dir, torch_dtype, name, **extra)
     elif Path(spec).expanduser().is_dir():
         name = spec
-        model, tokenizer = _from_dir(Path(spec).expanduser(), torch_dtype, name)
+        model, tokenizer = _from_dir(Path(spec).expanduser(), torch_dtype, name, **extra)
     else:
         name = spec
-        model, tokenizer = _from_hub(spec, torch_dtype)
-    return _finish(model, tokenizer, name, device)
+        model, tokenizer = _from_hub(spec, torch_dtype, **extra)
+    return _finish(model, tokenizer, name, None if extra else device)
+
+
+QUANTIZE = ("8bit", "4bit")
+
+
+def _placement(device_map: Any, quantize: str | None, dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained keywords for a sharded and/or quantised load (empty: a plain load)."""
+    if quantize is None:
+        return {} if device_map is None else {"device_map": device_map}
+    if quantize not in QUANTIZE:
+        raise InputError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZE)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError(f"--quantize {quantize}: needs bitsandbytes (pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    config = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "8bit"
+              else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype))  # fmt: skip
+    return {"device_map": device_map or "auto", "quantization_config": config}
+
+
+def site_device(model: Any, layer: int) -> torch.device:
+    """The device of decoder block `layer` (where its activations appear under a device_map)."""
+    from saedoctor.activations.sites import decoder_blocks
+
+    block = decoder_blocks(model)[layer]
+    return next(block.parameters()).device
+
+
+def follow_sites(loaded: LoadedModel, units: list[Any]) -> None:
+    """Move each SAE to its site's block, so its input never crosses devices; the metrics'
+    accumulators follow the SAE's output on their own."""
+    for unit in units:
+        if unit.sae.site is not None:
+            unit.sae.to(site_device(loaded.model, unit.sae.site.layer))
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -65,36 +109,38 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def _finish(model: Any, tokenizer: Any, name: str, device: str) -> LoadedModel:
+def _finish(model: Any, tokenizer: Any, name: str, device: str | None) -> LoadedModel:
     # Imported here: sites imports nothing from this module, but keep load order simple.
     from saedoctor.activations.sites import d_model, n_layers
 
-    model.to(device)
+    if device is not None:  # None: accelerate placed it (device_map); moving it would undo that
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, name, n_layers(model), d_model(model))
 
 
-def _from_dir(path: Path, dtype: torch.dtype, name: str) -> tuple[Any, Any]:
+def _from_dir(path: Path, dtype: torch.dtype, name: str, **extra: Any) -> tuple[Any, Any]:
     """from_pretrained on a local directory; local_files_only keeps HF_HUB_OFFLINE setups quiet."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with _quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                         **extra)  # fmt: skip
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"model {name}: could not be loaded from directory {path}: {exc}") from exc
     return model, tokenizer
 
 
-def _from_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _from_hub(repo_id: str, dtype: torch.dtype, **extra: Any) -> tuple[Any, Any]:
     """Thin wrapper over the hub; connection and not-found errors become one clear line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with _quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, **extra)
             tokenizer = AutoTokenizer.from_pretrained(repo_id)
     except (OSError, ValueError) as exc:
         # huggingface_hub's not-found / offline / HTTP errors all derive from OSError.

@@ -477,7 +477,10 @@ def train(
 ) -> TrainResult:
     """Train SAEs on a language model's activations (`cfg.model`, `cfg.dataset`)."""
     from saedoctor.activations.model import load_model
+    from saedoctor.distributed import world
 
+    if world().distributed:  # every rank would write the same checkpoint and SAEs
+        raise InputError("train: runs in one process; start it without torchrun")
     out = Path(out_dir)
     saved_specs, state = None, None
     if resume:
