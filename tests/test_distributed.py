@@ -173,14 +173,3 @@ def test_quantize_without_bitsandbytes_is_one_line(tiny_llama_dir, monkeypatch):
         load_model(str(tiny_llama_dir), quantize="4bit")
     with pytest.raises(InputError, match="--quantize '2bit'"):
         load_model(str(tiny_llama_dir), quantize="2bit")
-
-
-def test_train_refuses_torchrun(monkeypatch, tmp_path):
-    from saedoctor.errors import InputError
-    from saedoctor.train.config import TrainConfig
-    from saedoctor.train.trainer import train
-
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(InputError, match="without torchrun"):
-        train(TrainConfig(), tmp_path / "run")

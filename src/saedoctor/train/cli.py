@@ -92,12 +92,14 @@ def _summary_table(result: Any) -> None:
 
     from saedoctor.progress import stderr_console as console
 
-    table = Table(title=f"trained {len(result.saes)} SAE(s): {result.tokens:,} tokens, "
+    n_saes = len(result.summary["saes"])
+    table = Table(title=f"trained {n_saes} SAE(s): {result.tokens:,} tokens, "
                   f"{result.steps} steps, {result.wall_s:.0f} s", title_justify="left")  # fmt: skip
     for col in ("SAE", "var. explained", "L0", "dead %", "always-on", "path"):
         table.add_column(col)
-    for name, sae in result.saes.items():
-        health = sae.cfg.metadata.get("training_health") or {}
+    # from the summary, not result.saes: with --distribute-layers other ranks hold some SAEs
+    for name, entry in result.summary["saes"].items():
+        health = entry.get("final") or {}
         ve, l0, dead = health.get("variance_explained"), health.get("l0"), health.get("dead_pct")
         table.add_row(name, "-" if ve is None else f"{ve:.3f}", "-" if l0 is None else f"{l0:.1f}",
                       "-" if dead is None else f"{dead:.1f}",
@@ -167,8 +169,15 @@ def train_command(
         bool, typer.Option("--json", help="print the run summary (train.json) to stdout")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+    distribute_layers: Annotated[
+        bool, typer.Option(help="under torchrun: each rank trains its own share of the SAEs "
+                           "(default: every rank trains all of them on its share of the tokens)"),
+    ] = False,
 ) -> None:
-    """Train SAEs (one per layer, one forward pass per batch) with a live health monitor."""
+    """Train SAEs (one per layer, one forward pass per batch) with a live health monitor.
+
+    Under `torchrun --nproc_per_node N -m saedoctor train ...` the ranks split the forward
+    pass and the tokens (or, with --distribute-layers, the SAEs); rank 0 writes."""
     from saedoctor.cli import handled_errors
 
     flags = {
@@ -187,7 +196,7 @@ def train_command(
         given = {k: v for k, v in flags.items() if v is not None}
         given.update(_parse_set(set_ or []))
         if resume:
-            _print_json(_resume(out, given or None, quiet), as_json)
+            _print_json(_resume(out, given or None, quiet, distribute_layers), as_json)
             return
         runs = _resolve_runs(preset, config, from_prescription, sae, given)
         if dry_run:
@@ -197,11 +206,25 @@ def train_command(
             return
         for i, (cfg, specs) in enumerate(runs):
             target = out if len(runs) == 1 else out / f"run{i}"
-            _print_json(_run(cfg, specs, target, quiet, keep_checkpoint), as_json)
+            _print_json(_run(cfg, specs, target, quiet, keep_checkpoint, distribute_layers),
+                        as_json)  # fmt: skip
+        _leave_group()
+
+
+def _leave_group() -> None:
+    from saedoctor.distributed import finish
+
+    finish()
+
+
+def _is_main() -> bool:
+    from saedoctor.distributed import world
+
+    return world().is_main
 
 
 def _print_json(result: Any, as_json: bool) -> None:
-    if as_json:
+    if as_json and _is_main():
         summary = {k: v for k, v in result.summary.items() if k != "history"}
         typer.echo(json.dumps(summary, indent=1))
 
@@ -231,23 +254,34 @@ def _resolve_runs(preset: str | None, config: Path | None, from_prescription: Pa
     return [(cfg, specs_for(cfg))]
 
 
-def _run(cfg: Any, specs: list, out: Path, quiet: bool, keep_checkpoint: bool) -> Any:
+def _run(cfg: Any, specs: list, out: Path, quiet: bool, keep_checkpoint: bool,
+         distribute_layers: bool = False) -> Any:  # fmt: skip
     from saedoctor.progress import stderr_console as console
     from saedoctor.train.trainer import TrainingInterrupted, train
 
-    console.print(f"[bold]training[/] {', '.join(s.name for s in specs)} on {cfg.dataset} "
-                  f"({cfg.training_tokens:,} tokens, model {cfg.model}) → {out}",
-                  highlight=False)  # fmt: skip
+    if _is_main():
+        console.print(f"[bold]training[/] {', '.join(s.name for s in specs)} on {cfg.dataset} "
+                      f"({cfg.training_tokens:,} tokens, model {cfg.model}) → {out}",
+                      highlight=False)  # fmt: skip
     try:
-        result = train(cfg, out, specs=specs, quiet=quiet, keep_checkpoint=keep_checkpoint)
+        result = train(cfg, out, specs=specs, quiet=quiet, keep_checkpoint=keep_checkpoint,
+                       distribute_layers=distribute_layers)  # fmt: skip
     except TrainingInterrupted as e:
-        typer.echo(f"saedoctor: {e}; resume with: saedoctor train --resume --out {out}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    _summary_table(result)
+        _interrupted(e, out)
+    if _is_main():
+        _summary_table(result)
     return result
 
 
-def _resume(out: Path, given: dict[str, Any] | None, quiet: bool) -> Any:
+def _interrupted(e: Exception, out: Path) -> None:
+    if _is_main():
+        typer.echo(f"saedoctor: {e}; resume with: saedoctor train --resume --out {out}", err=True)
+    _leave_group()
+    raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _resume(out: Path, given: dict[str, Any] | None, quiet: bool,
+            distribute_layers: bool = False) -> Any:  # fmt: skip
     from saedoctor.progress import stderr_console as console
     from saedoctor.train.trainer import TrainingInterrupted, train
 
@@ -259,13 +293,14 @@ def _resume(out: Path, given: dict[str, Any] | None, quiet: bool) -> Any:
     if not (out / CHECKPOINT_FILE).is_file():
         raise InputError(f"{out / CHECKPOINT_FILE}: no checkpoint to resume from (--out names "
                          "the folder of an interrupted `saedoctor train`)")  # fmt: skip
-    console.print(f"[bold]resuming[/] the run in {out}")
+    if _is_main():
+        console.print(f"[bold]resuming[/] the run in {out}")
     try:
-        result = train(None, out, resume=True, quiet=quiet)
+        result = train(None, out, resume=True, quiet=quiet, distribute_layers=distribute_layers)
     except TrainingInterrupted as e:
-        typer.echo(f"saedoctor: {e}; resume with: saedoctor train --resume --out {out}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    _summary_table(result)
+        _interrupted(e, out)
+    if _is_main():
+        _summary_table(result)
     return result
 
 

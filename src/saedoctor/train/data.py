@@ -59,27 +59,50 @@ def micro_batches(pool: Pool, size: int, seed: int) -> list[torch.Tensor]:
 
 
 class _Pooler:
-    """Accumulate per-site activation chunks until a pool is full."""
+    """Accumulate per-site activation chunks until a pool is full.
 
-    def __init__(self, sites: list[Site], target: int) -> None:
+    Under torchrun each rank runs only its own LM batches (`skip` records the others' row
+    counts) and `take` all-gathers the pool in batch order; `keep` drops the sites no SAE of
+    this rank trains on (--distribute-layers)."""
+
+    def __init__(self, sites: list[Site], target: int, ranks: Any = None,
+                 keep: set[Site] | None = None, width: int = 0,
+                 device: str = "cpu") -> None:  # fmt: skip
         self.sites, self.target = sites, target
-        self.chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+        self.ranks, self.keep, self.width, self.device = ranks, keep, width, device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in self.sites}
+        self.entries: list[tuple[int, int]] = []  # (rank that ran it, rows) per LM batch
         self.held = 0
 
     def add(self, acts: dict[Site, torch.Tensor]) -> None:
         for site in self.sites:
             self.chunks[site].append(acts[site].float())
-        self.held += next(iter(acts.values())).shape[0]
+        rows = next(iter(acts.values())).shape[0]
+        self.entries.append((self.ranks.world.rank if self.ranks else 0, rows))
+        self.held += rows
+
+    def skip(self, owner: int, rows: int) -> None:
+        self.entries.append((owner, rows))
+        self.held += rows
 
     @property
     def full(self) -> bool:
         return self.held >= self.target
 
     def take(self, index: int, start: Position, end: Position) -> Pool:
-        pool = Pool(index, start, {s: torch.cat(c) for s, c in self.chunks.items()}, end)
-        self.chunks = {s: [] for s in self.sites}
-        self.held = 0
-        return pool
+        acts = {}
+        for site, chunks in self.chunks.items():
+            mine = torch.cat(chunks) if chunks else torch.zeros(0, self.width,
+                                                                device=self.device)
+            if self.ranks is not None and self.ranks.active:
+                mine = self.ranks.gather_pool(self.entries, mine)
+            if self.keep is None or site in self.keep:
+                acts[site] = mine
+        self._reset()
+        return Pool(index, start, acts, end)
 
 
 class ModelSource:
@@ -96,6 +119,14 @@ class ModelSource:
         # Checked after every LM batch: a Ctrl-C during a long pool fill stops the fill (the
         # trainer then saves its last step's state; the pool is rebuilt on resume).
         self.interrupted: Callable[[], bool] = lambda: False
+        self.ranks: Any = None  # set under torchrun (train/ranks.py)
+        self.keep: set[Site] | None = None  # the sites this rank's SAEs train on
+
+    def _pooler(self, target: int) -> _Pooler:
+        return _Pooler(self.sites, target, self.ranks, self.keep, self.d_in, self.device)
+
+    def _runs(self, batch_no: int) -> bool:
+        return self.ranks is None or not self.ranks.active or self.ranks.runs_batch(batch_no)
 
     def _batches(self, skip: int) -> Iterator[Any]:
         from saedoctor.activations.batches import token_batches
@@ -119,8 +150,9 @@ class ModelSource:
         from saedoctor.activations.stream import counted_rows
 
         epoch, seq = start.epoch, start.sequence
-        pooler = _Pooler(self.sites, target(index))
+        pooler = self._pooler(target(index))
         pool_start = Position(epoch, seq)
+        batch_no = 0  # LM batches with counted tokens: the same numbering on every rank
         with SiteReader(self.loaded.model, self.sites) as reader:
             while True:
                 seen, from_start = 0, seq == 0
@@ -129,9 +161,13 @@ class ModelSource:
                     positions, _ = counted_rows(batch)
                     if positions.numel() == 0:
                         continue
-                    acts = reader.read(batch.input_ids.to(self.device))
-                    pooler.add({s: a.reshape(-1, a.shape[-1])[positions.to(a.device)]
-                                for s, a in acts.items()})  # fmt: skip
+                    batch_no += 1
+                    if self._runs(batch_no - 1):
+                        acts = reader.read(batch.input_ids.to(self.device))
+                        pooler.add({s: a.reshape(-1, a.shape[-1])[positions.to(a.device)]
+                                    for s, a in acts.items()})  # fmt: skip
+                    else:
+                        pooler.skip((batch_no - 1) % self.ranks.world.size, positions.numel())
                     seen += positions.numel()
                     if self.interrupted():
                         return

@@ -149,8 +149,7 @@ class HealthMonitor:
             row = self._row(name, w, step, tokens, lrs.get(name))
             self._warn(name, row)
             rows.append(row)
-            d_in, d_sae = self.shapes[name]
-            self.windows[name] = _Window(d_in, d_sae, self.always_on)
+            self.reset_window(name)
         if not rows:
             return rows
         self.history.extend(rows)
@@ -257,12 +256,32 @@ class HealthMonitor:
         status = self.status(metric, value)
         return f"[{STYLE[status]}]{text}[/]" if status in STYLE else text
 
+    # -- windows across ranks (train/ranks.py) -------------------------------------------
+    def window_state(self, name: str) -> dict[str, Any]:
+        w = self.windows[name]
+        return {"features": w.features.state_dict(), "recon": w.recon.state_dict(),
+                "losses": dict(w.losses), "micro": w.micro}  # fmt: skip
+
+    def merge_window(self, name: str, state: dict[str, Any]) -> None:
+        """Fold another rank's window of SAE `name` into this one (sums throughout)."""
+        d_in, d_sae = self.shapes[name]
+        other = _Window(d_in, d_sae, self.always_on)
+        other.features.load_state_dict(state["features"])
+        other.recon.load_state_dict(state["recon"])
+        w = self.windows[name]
+        w.features.merge(other.features)
+        w.recon.merge(other.recon)
+        for k, v in state["losses"].items():
+            w.losses[k] = w.losses.get(k, 0.0) + v
+        w.micro += int(state["micro"])
+
+    def reset_window(self, name: str) -> None:
+        d_in, d_sae = self.shapes[name]
+        self.windows[name] = _Window(d_in, d_sae, self.always_on)
+
     # -- state (checkpoints) ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        windows = {}
-        for name, w in self.windows.items():
-            windows[name] = {"features": w.features.state_dict(), "recon": w.recon.state_dict(),
-                             "losses": dict(w.losses), "micro": w.micro}  # fmt: skip
+        windows = {name: self.window_state(name) for name in self.windows}
         return {"windows": windows, "always_on_ids": self.always_on_ids,
                 "dead_status": self.dead_status, "history_json": json.dumps(self.history),
                 "warnings": list(self.warnings)}  # fmt: skip

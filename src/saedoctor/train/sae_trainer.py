@@ -147,6 +147,9 @@ class TrainableSAE:
         self.scale = torch.ones((), dtype=torch.float64)
         self.batchtopk_threshold = torch.full((), -1.0, dtype=torch.float64)
         self.initialised = False
+        # Under data-parallel torchrun: sums the firing counts and BatchTopK's statistics
+        # over the ranks, so all take the step of the whole micro-batch (train/ranks.py).
+        self.reducer: Any = None
 
     # -- parameters ------------------------------------------------------------------------
     def _init_params(self) -> dict[str, torch.nn.Parameter]:
@@ -265,17 +268,24 @@ class TrainableSAE:
             return _JumpReLU.apply(pre, theta, bw)
         # batchtopk: the n·k largest activations of the whole batch
         acts = F.relu(pre)
-        kth = acts.detach().flatten().topk(n * cfg.top_k, sorted=False).values.min()
+        kth = self._batch_kth(acts.detach().flatten(), n * cfg.top_k)
         kept = acts * (acts.detach() >= kth).to(acts.dtype)
         with torch.no_grad():
             positive = kept.detach()[kept.detach() > 0]
-            if positive.numel():
-                low = float(positive.min())
+            low = float(positive.min()) if positive.numel() else math.inf
+            if self.reducer is not None:
+                low = self.reducer.min(low, acts.device)
+            if math.isfinite(low):
                 old = float(self.batchtopk_threshold)
                 new = low if old < 0 else BATCHTOPK_THRESHOLD_DECAY * old + (
                     1 - BATCHTOPK_THRESHOLD_DECAY) * low  # fmt: skip
                 self.batchtopk_threshold = torch.tensor(new, dtype=torch.float64)
         return kept
+
+    def _batch_kth(self, values: torch.Tensor, k: int) -> torch.Tensor:
+        if self.reducer is None:
+            return values.topk(k, sorted=False).values.min()
+        return self.reducer.kth_largest(values, k * self.reducer.size)
 
     def _diversity(self, vals: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         over = (self.density_ema > self.cfg.diversity_target_density).to(vals.dtype)
@@ -313,6 +323,9 @@ class TrainableSAE:
             count = torch.bincount(idx[vals > 0], minlength=self.d_sae)
         else:
             count = (vals > 0).sum(0)
+        if self.reducer is not None:  # the whole micro-batch's counts, on every rank
+            count = self.reducer.sum_(count.to(torch.int64))
+            n = n * self.reducer.size
         self.since_fired = torch.where(count > 0, 0, self.since_fired + n)
         alpha = min(1.0, n / DENSITY_WINDOW_TOKENS)
         self.density_ema.mul_(1 - alpha).add_(count.float() / n, alpha=alpha)

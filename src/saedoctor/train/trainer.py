@@ -27,6 +27,7 @@ from rich.console import Console, Group
 from rich.live import Live
 
 from saedoctor import __version__
+from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.progress import stderr_console
 from saedoctor.sae.loaders import save_sae
@@ -43,6 +44,7 @@ from saedoctor.train.monitor import (
     TensorBoardLogger,
     WandbLogger,
 )
+from saedoctor.train.ranks import TrainRanks, no_interrupt_mid_pool, train_ranks
 from saedoctor.train.sae_trainer import TrainableSAE
 
 SUMMARY_FILE = "train.json"
@@ -125,6 +127,7 @@ class Trainer:
         quiet: bool = False,
         on_step: Callable[[Trainer], None] | None = None,
         loggers: list[MetricLogger] | None = None,
+        ranks: TrainRanks | None = None,
     ) -> None:
         if not specs:
             raise InputError("nothing to train: expected at least one SAE")
@@ -137,15 +140,18 @@ class Trainer:
         self.console = console or stderr_console  # the progress bar's console: one live display
         self.quiet, self.on_step = quiet, on_step
         self.total_steps = cfg.total_steps
+        self.ranks = ranks or TrainRanks(World())
         self.saes = {
             s.name: TrainableSAE(s.name, s.site, s.cfg, source.d_in, self.total_steps, cfg.device)
-            for s in specs
-        }
+            for i, s in enumerate(specs) if self.ranks.trains(i)
+        }  # fmt: skip
+        for sae in self.saes.values():
+            sae.reducer = self.ranks.reducer()
         every = cfg.monitor_every or max(1, -(-MIN_WINDOW_TOKENS // cfg.tokens_per_step))
         live = not quiet and self.console.is_terminal
         self.loggers = list(loggers or [])
-        self.monitor = HealthMonitor(
-            {n: (source.d_in, t.d_sae) for n, t in self.saes.items()}, every,
+        self.monitor = HealthMonitor(  # every SAE's: rank 0 folds the other ranks' windows in
+            {s.name: (source.d_in, d_sae_for(s.cfg, source.d_in)) for s in specs}, every,
             always_on=cfg.always_on_threshold, console=self.console, live=live, quiet=quiet,
             loggers=self.loggers,
         )  # fmt: skip
@@ -173,11 +179,15 @@ class Trainer:
 
     def resume_from(self, state: dict[str, Any], path: Path) -> None:
         saved = [s["name"] for s in state["specs"]]
-        if saved != list(self.saes):
-            raise InputError(f"{path}: checkpoint trains {saved}, this run {list(self.saes)}")
+        names = [s.name for s in self.specs]
+        if saved != names:
+            raise InputError(f"{path}: checkpoint trains {saved}, this run {names}")
         for name, sae in self.saes.items():
             sae.load_state_dict(state["saes"][name])
         self.monitor.load_state_dict(state["monitor"])
+        if not self.ranks.is_main:  # rank 0 holds the saved windows; the others start empty
+            for name in self.monitor.windows:
+                self.monitor.reset_window(name)
         p = state["progress"]
         end = p.get("pool_end")
         self.progress = _Progress(
@@ -193,11 +203,11 @@ class Trainer:
         self._run_start = self._last_checkpoint = start = time.perf_counter()
         with self._sigint(), self._display() as refresh:
             self._loop(refresh)
-            if self.progress.step and self.monitor.windows and any(
-                w.micro for w in self.monitor.windows.values()
-            ):
-                self.monitor.report(self.step, self.tokens, self._lrs())
-                refresh()
+            if self.progress.step:
+                self._fold_windows()
+                if any(w.micro for w in self.monitor.windows.values()):
+                    self.monitor.report(self.step, self.tokens, self._lrs())
+                    refresh()
         wall = self.wall_before + time.perf_counter() - start
         return self._finish(wall)
 
@@ -213,19 +223,21 @@ class Trainer:
         last = time.perf_counter()
         if hasattr(self.source, "interrupted"):
             # between optimizer steps only: mid-accumulation state is not checkpointed
-            self.source.interrupted = lambda: self.stop_requested and self.micro == 0
+            self.source.interrupted = no_interrupt_mid_pool(
+                self.ranks, lambda: self.stop_requested and self.micro == 0)
         self._targets = {prog.pool_index: prog.pool_target} if prog.pool_target else {}
         self._micro_done = prog.step * cfg.gradient_accumulation
         self._epoch = start.epoch
         for pool in self.source.pools(start, index, self._pool_target):
-            if self.stop_requested and micro == 0:
+            if micro == 0 and self._stop():
                 break
             if pool.start.epoch > self._epoch:
                 self._epoch = pool.start.epoch
-                self.console.print(
-                    f"{getattr(self.source, 'corpus', 'the data')}: all read after "
-                    f"{self.tokens:,} training tokens; reading it again (pass "
-                    f"{self._epoch + 1})", highlight=False)  # fmt: skip
+                if self.ranks.is_main:  # one line, not one per rank
+                    self.console.print(
+                        f"{getattr(self.source, 'corpus', 'the data')}: all read after "
+                        f"{self.tokens:,} training tokens; reading it again (pass "
+                        f"{self._epoch + 1})", highlight=False)  # fmt: skip
             self._initialise(pool)
             batches = micro_batches(pool, cfg.micro_batch_tokens, cfg.seed)
             for j in range(skip, len(batches)):
@@ -241,17 +253,26 @@ class Trainer:
                     last = time.perf_counter()
                 if prog.step >= self.total_steps:
                     return
-                if self.stop_requested:
+                if self._stop():
                     path = self._checkpoint()
                     raise TrainingInterrupted(path, prog.step)
                 if (cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0) or (
-                    cfg.checkpoint_minutes
-                    and time.perf_counter() - self._last_checkpoint > 60 * cfg.checkpoint_minutes
+                    self._checkpoint_due()
                 ):
                     self._checkpoint()
             skip = 0
-        if self.stop_requested:  # Ctrl-C while the next pool was being read
+        if self._stop():  # Ctrl-C while the next pool was being read
             raise TrainingInterrupted(self._checkpoint(), prog.step)
+
+    def _stop(self) -> bool:
+        """Whether to stop now: under torchrun, every rank stops if any rank was asked to."""
+        self.stop_requested = self.ranks.any(self.stop_requested)
+        return self.stop_requested
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.cfg.checkpoint_minutes
+        due = bool(minutes) and time.perf_counter() - self._last_checkpoint > 60 * minutes
+        return self.ranks.any(due)  # rank 0's clock decides for all: checkpoints are collective
 
     def _pool_target(self, index: int) -> int:
         """Tokens pool `index` is filled to: `shuffle_tokens`, or what the run still needs.
@@ -273,6 +294,7 @@ class Trainer:
 
     def _micro(self, pool: Pool, rows: torch.Tensor) -> None:
         step, scale = self.progress.step, 1.0 / self.cfg.gradient_accumulation
+        rows = self.ranks.share(rows)
         for name, sae in self.saes.items():
             x = pool.acts[sae.site][rows]
             out = sae.micro_step(x, step, scale)
@@ -280,6 +302,8 @@ class Trainer:
 
     def _optimizer_step(self, pool: Pool, used: int, size: int) -> None:
         prog = self.progress
+        for sae in self.saes.values():
+            self.ranks.average_grads(list(sae.params.values()))
         self.lrs = {name: sae.optimizer_step(prog.step) for name, sae in self.saes.items()}
         prog.step += 1
         prog.pool_index, prog.pool_start, prog.used, prog.pool_size = (
@@ -287,22 +311,42 @@ class Trainer:
         prog.pool_end = pool.end
         prog.pool_target = self._targets.get(pool.index, 0)
         if self.monitor.due(prog.step):
-            self.monitor.report(prog.step, self.tokens, self.lrs)
+            self._fold_windows()
+            if self.ranks.is_main:
+                self.monitor.report(prog.step, self.tokens, self.lrs)
         if self.on_step is not None:
             self.on_step(self)
 
     def _lrs(self) -> dict[str, float]:
         return getattr(self, "lrs", {})
 
+    def _fold_windows(self) -> None:
+        """Under torchrun: every rank's monitor windows into rank 0's (the others restart)."""
+        if not self.ranks.active:
+            return
+        mine = {n: self.monitor.window_state(n) for n in self.saes
+                if self.monitor.windows[n].micro}  # fmt: skip
+        if not self.ranks.is_main:
+            for name in mine:
+                self.monitor.reset_window(name)
+        shares = self.ranks.gather_to_main(mine if not self.ranks.is_main else {})
+        for share in shares or []:
+            for name, state in share.items():
+                self.monitor.merge_window(name, state)
+
     # -- checkpoints -------------------------------------------------------------------
     def state(self, wall_s: float = 0.0) -> dict[str, Any]:
         p = self.progress
+        saes = {name: sae.state_dict() for name, sae in self.saes.items()}
+        if self.ranks.distribute_layers and self.ranks.active:  # each SAE from its rank
+            for share in self.ranks.gather_to_main(saes if not self.ranks.is_main else {}) or []:
+                saes.update(share)
         return {
             "version": __version__,
             "config_json": json.dumps(self.cfg.to_dict()),
             "specs": [s.to_dict() for s in self.specs],
             "model_name": self.model_name,
-            "saes": {name: sae.state_dict() for name, sae in self.saes.items()},
+            "saes": {s.name: saes[s.name] for s in self.specs if s.name in saes},
             "monitor": self.monitor.state_dict(),
             "progress": {
                 "step": p.step, "pool_index": p.pool_index,
@@ -320,7 +364,12 @@ class Trainer:
         if self.checkpoint_path is None:
             raise InputError("cannot checkpoint: this run has no output directory")
         elapsed = time.perf_counter() - getattr(self, "_run_start", time.perf_counter())
-        path = save_checkpoint(self.checkpoint_path, self.state(self.wall_before + elapsed))
+        self._fold_windows()  # rank 0 saves the whole window; resumed, the others start empty
+        state = self.state(self.wall_before + elapsed)
+        if not self.ranks.is_main:
+            self._last_checkpoint = time.perf_counter()
+            return self.checkpoint_path
+        path = save_checkpoint(self.checkpoint_path, state)
         self._last_checkpoint = time.perf_counter()
         self.console.print(f"checkpoint: step {self.step} → {path}", highlight=False)
         return path
@@ -337,8 +386,9 @@ class Trainer:
                 raise KeyboardInterrupt
             self.stop_requested = True
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self.console.print(f"[bold]{what}[/]: finishing this step and saving a checkpoint "
-                               "(Ctrl-C again to abort without saving)")  # fmt: skip
+            if self.ranks.is_main:
+                self.console.print(f"[bold]{what}[/]: finishing this step and saving a "
+                                   "checkpoint (Ctrl-C again to abort without saving)")
 
         # SIGTERM (a scheduler's preemption, `kill`) is treated like Ctrl-C: save, then stop.
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -375,12 +425,18 @@ class Trainer:
     # -- output ----------------------------------------------------------------------------
     def _finish(self, wall: float) -> TrainResult:
         tokens = self.tokens
+        if self.ranks.active:  # the owners write their SAEs with rank 0's health figures
+            self.monitor.latest = self.ranks.from_main(self.monitor.latest)
         saes, paths = {}, {}
-        for spec in self.specs:
+        for i, spec in enumerate(self.specs):
+            if self.ranks.owner(i) != self.ranks.world.rank:
+                continue
             sae = self.saes[spec.name].export(self.model_name, self.metadata(spec, tokens))
             saes[spec.name] = sae
             if self.out_dir is not None:
                 paths[spec.name] = save_sae(sae, self.out_dir / spec.name)
+        for share in (self.ranks.gather_to_main(paths) or [])[1:]:
+            paths.update(share)
         summary = {
             "saedoctor": __version__, "config": self.cfg.to_dict(),
             "saes": {s.name: {"path": str(paths.get(s.name, "")), "layer": s.site.layer,
@@ -391,7 +447,10 @@ class Trainer:
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "warnings": self.monitor.warnings, "history": self.monitor.history,
         }  # fmt: skip
-        if self.out_dir is not None:
+        if self.ranks.active:
+            summary["ranks"] = {"world_size": self.ranks.world.size,
+                                "mode": "layers" if self.ranks.distribute_layers else "data"}
+        if self.out_dir is not None and self.ranks.is_main:
             from saedoctor.atomic import atomic_write_json
 
             atomic_write_json(self.out_dir / SUMMARY_FILE, summary)
@@ -474,13 +533,14 @@ def train(
     on_step: Callable[[Trainer], None] | None = None,
     keep_checkpoint: bool = False,
     loaded_model: Any = None,
+    distribute_layers: bool = False,
 ) -> TrainResult:
-    """Train SAEs on a language model's activations (`cfg.model`, `cfg.dataset`)."""
-    from saedoctor.activations.model import load_model
-    from saedoctor.distributed import world
+    """Train SAEs on a language model's activations (`cfg.model`, `cfg.dataset`).
 
-    if world().distributed:  # every rank would write the same checkpoint and SAEs
-        raise InputError("train: runs in one process; start it without torchrun")
+    Under torchrun the ranks share the work (train/ranks.py): data parallel, or with
+    `distribute_layers` one rank per SAE; rank 0 writes the summary and checkpoints."""
+    from saedoctor.activations.model import load_model
+
     out = Path(out_dir)
     saved_specs, state = None, None
     if resume:
@@ -490,9 +550,11 @@ def train(
     if cfg is None:
         raise InputError("train: expected a config (or resume=True with a checkpoint)")
     cfg.validate()
+    specs = saved_specs or specs or specs_for(cfg)
+    ranks = train_ranks(cfg.device, distribute_layers, len(specs), cfg.micro_batch_tokens)
+    quiet = quiet or not ranks.is_main
     _prepare_out(out, resume)
     loaded = loaded_model or load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
-    specs = saved_specs or specs or specs_for(cfg)
     for spec in specs:
         spec.cfg.validate()
         check_against_model(spec.cfg, loaded.n_layers, loaded.d_model, loaded.name)
@@ -501,11 +563,13 @@ def train(
         context=cfg.context, batch_size=cfg.batch_size, shuffle_tokens=cfg.shuffle_tokens,
         include_special=cfg.include_special, device=cfg.device,
     )  # fmt: skip
+    source.ranks = ranks
+    source.keep = {s.site for i, s in enumerate(specs) if ranks.trains(i)}
     console = console or stderr_console
     wandb_id = state.get("wandb_id") if state else None
-    loggers = _loggers(cfg, out, out.name, wandb_id)
+    loggers = _loggers(cfg, out, out.name, wandb_id) if ranks.is_main else []
     trainer = Trainer(cfg, specs, source, out, model_name=loaded.name, console=console,
-                      quiet=quiet, on_step=on_step, loggers=loggers)  # fmt: skip
+                      quiet=quiet, on_step=on_step, loggers=loggers, ranks=ranks)  # fmt: skip
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             trainer.wandb_id = logger.run_id
