@@ -169,3 +169,30 @@ def test_report_is_valid_json_with_run_metadata(tiny_llama_dir, text_corpus, tmp
     assert again["run"]["tokens_processed"] == 512
     assert len(again["saes"][0]["feature_density"]) == 256
     json.loads(out.read_text())
+
+
+def test_an_already_loaded_model_gives_the_same_report(
+    tiny_llama_dir, text_corpus, tmp_path, monkeypatch
+):
+    """`diagnose(opts, loaded_model=...)` (a model built by the caller, e.g. a benchmark's
+    random-weight model) runs on that model, never loads `opts.model`, and measures the same
+    numbers as loading it by name."""
+    import saedoctor.activations.model as model_mod
+
+    saes = [saved_sae(tmp_path / "a", random_sae(64, 256, site=Site(1), seed=5)),
+            saved_sae(tmp_path / "b", random_sae(64, 256, site=Site(2, "mlp_out"), seed=6))]
+    by_name = diagnose(_opts(tiny_llama_dir, text_corpus, saes))
+    loaded = model_mod.load_model(str(tiny_llama_dir))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("load_model called although a loaded model was given")
+
+    monkeypatch.setattr(model_mod, "load_model", no_load)
+    given = diagnose(_opts("unused-name", text_corpus, saes), loaded_model=loaded)
+    assert given["run"]["tokens_processed"] == by_name["run"]["tokens_processed"] == 512
+    for a, b in zip(given["saes"], by_name["saes"], strict=True):
+        assert a["metrics"].keys() == b["metrics"].keys()
+        assert "loss_recovered" in a["metrics"]
+        for key, value in b["metrics"].items():
+            if isinstance(value, float):
+                assert a["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

@@ -419,13 +419,14 @@ def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_
             )
 
 
-def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict[str, Any]:
+def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
+                 loaded_model: Any = None) -> dict[str, Any]:  # fmt: skip
     from saedoctor.activations.model import follow_sites, load_model
 
-    loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype,
-                        device_map=opts.device_map, quantize=opts.quantize)  # fmt: skip
-    if opts.device_map is not None or opts.quantize is not None:
-        follow_sites(loaded, units)
+    loaded = loaded_model or load_model(opts.model, device=opts.device, dtype=opts.dtype,
+                                        device_map=opts.device_map, quantize=opts.quantize)
+    if loaded_model is not None or opts.device_map is not None or opts.quantize is not None:
+        follow_sites(loaded, units)  # a model placed by the caller: SAEs go where it is
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
     state = main_pass_state(opts, loaded, units)
     passes = ModelPass(loaded, opts, units, state)
@@ -774,8 +775,15 @@ def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) ->
     }
 
 
-def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the diagnosis and return the graded report document (SPEC §5)."""
+def diagnose(
+    opts: DiagnoseOptions | None = None, *, loaded_model: Any = None, **overrides: Any
+) -> dict[str, Any]:
+    """Run the diagnosis and return the graded report document (SPEC §5).
+
+    `loaded_model`: an already-built `saedoctor.activations.model.LoadedModel` (e.g. shared
+    with `train`, or built from a config in a benchmark) instead of loading `opts.model`;
+    `opts.model`, `dtype`, `device_map` and `quantize` then play no part in loading, token ids
+    go to `opts.device`, and each SAE moves to its site's device."""
     from saedoctor.health import apply_health, load_policy
 
     opts = opts or DiagnoseOptions(**overrides)
@@ -792,7 +800,7 @@ def diagnose(opts: DiagnoseOptions | None = None, **overrides: Any) -> dict[str,
     if opts.activations is not None:
         info = run_on_activations(opts, units)
     else:
-        info = run_on_model(opts, units)
+        info = run_on_model(opts, units, loaded_model)
     document = {
         "schema": "saedoctor.report/1",
         "run": run_metadata(opts, info, 0.0),
