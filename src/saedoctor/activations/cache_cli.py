@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from saedoctor import cli_options as opt
 from saedoctor import defaults
 
 
@@ -28,14 +29,12 @@ def cache_activations_command(
     corpus: Annotated[
         str, typer.Option(help="as for diagnose: builtin, file, directory or HF dataset id")
     ] = defaults.DEFAULT_EVAL_CORPUS,
-    text_field: Annotated[str, typer.Option(help="text column of jsonl/parquet/HF data")] = "text",
-    tokens: Annotated[int, typer.Option(help="tokens to stream")] = defaults.DEFAULT_EVAL_TOKENS,
-    context: Annotated[int, typer.Option(help="sequence length")] = defaults.DEFAULT_CONTEXT,
-    batch_size: Annotated[
-        int, typer.Option(help="sequences per batch")
-    ] = defaults.DEFAULT_BATCH_SIZE,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="model dtype")] = "float32",
+    text_field: opt.TextField = "text",
+    tokens: opt.Tokens = defaults.DEFAULT_EVAL_TOKENS,
+    context: opt.Context = defaults.DEFAULT_CONTEXT,
+    batch_size: opt.BatchSize = defaults.DEFAULT_BATCH_SIZE,
+    device: opt.Device = "cpu",
+    dtype: opt.ModelDtype = "float32",
     store_dtype: Annotated[
         str, typer.Option(help="float32 | float16 | bfloat16 on disk (read back as float32)")
     ] = "float32",
