@@ -92,10 +92,12 @@ def init(device: str = "cpu") -> World:
 
 
 def finish() -> None:
-    """Leave the process group (a clean shutdown avoids warnings at exit)."""
+    """Leave the process group, together: a rank that closes its connections while another
+    still reads from them makes gloo abort that other rank (SIGABRT) at exit."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

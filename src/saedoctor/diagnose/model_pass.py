@@ -1,0 +1,293 @@
+"""One pass over a corpus: one forward per batch for every SAE, stopping at the deepest
+block needed; non-finite rows skipped and counted; out-of-memory batches split in halves."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saedoctor import distributed
+from saedoctor.diagnose.options import DiagnoseOptions
+from saedoctor.diagnose.units import SAEUnderTest, Sink
+from saedoctor.errors import InputError
+from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
+from saedoctor.progress import stderr_console, token_progress
+
+
+# -- passes over a model ------------------------------------------------------------------
+@dataclass
+class ModelPass:
+    """One streaming pass of a corpus through the model, feeding every SAE.
+
+    `state` (the main pass only) saves the accumulators between batches and resumes them."""
+
+    loaded: Any
+    opts: DiagnoseOptions
+    units: list[SAEUnderTest]
+    state: Any = None  # saedoctor.diagnose_state.MainPassState
+
+    def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
+        from saedoctor.activations.stream import site_batches
+
+        totals: dict[str, int] = {}
+        sites = sorted({u.sae.site for u in self.units})  # a fixed order, run after run
+
+        def step(batch: Any) -> None:
+            for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
+                where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
+                for unit in self.units:
+                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where)
+                if keep is not None:  # after feeding: a batch retried in halves is kept once
+                    keep(sb)
+
+        for batch in self._tracked(corpus, tokens, label, totals):
+            self._guarded(batch, step)
+        return totals
+
+    def run_downstream(self, corpus: str, tokens: int, label: str) -> dict[str, int]:
+        """The main pass with loss recovered / KL: one clean forward to the logits per batch,
+        one patched tail per SAE and one zero-ablated tail per site."""
+        from saedoctor.activations.splice import Splicer
+
+        totals: dict[str, int] = {}
+        splicer = Splicer(self.loaded.model, sorted({u.sae.site for u in self.units}))
+
+        def step(batch: Any) -> None:
+            if batch.counted.any():  # a half of a split batch may have nothing counted
+                downstream_batch(splicer, self.units, batch, self.opts.device)
+
+        primed = False
+        for batch in self._tracked(corpus, tokens, label, totals):
+            if not primed and batch.first_sequence > 0:  # resumed after skipping batches
+                self._prime(splicer, corpus, tokens)
+            primed = True
+            if batch.counted.any():
+                self._guarded(batch, step)
+        return totals
+
+    @torch.inference_mode()
+    def _prime(self, splicer: Any, corpus: str, tokens: int) -> None:
+        """The splicer makes one-off checks on the first batch it sees (e.g. whether the
+        zero-ablated logits are the same at every position, then reused): a resumed pass
+        replays them on the corpus's first batch, so that every later batch is computed
+        exactly as in an uninterrupted pass."""
+        device = self.opts.device
+        first = next((b for b in self._batches(corpus, tokens) if b.counted.any()), None)
+        if first is None:
+            return
+        splicer.clean(first.input_ids.to(device))
+        counted = first.counted.to(device)
+        for site in sorted({u.sae.site for u in self.units}):
+            splicer.zero_ablated(site, counted)
+
+    def _tracked(self, corpus: str, tokens: int, label: str, totals: dict[str, int]) -> Iterator:
+        """Token batches with a progress bar, counting into `totals` as they go; with `state`,
+        resumes after the batches already done and saves between batches."""
+        state = self.state
+        if state is None:
+            totals.update(tokens_processed=0, tokens_counted=0, sequences=0)
+            skip = 0
+        else:
+            skip = state.start(totals, self.opts.resume)
+        with token_progress(self.opts.quiet) as progress:
+            task = progress.add_task(label, total=tokens, completed=totals["tokens_processed"])
+            batches = self._batches(corpus, tokens, skip * self.opts.batch_size)
+            for batch in distributed.shard_main_pass(batches, state):  # this rank's share
+                totals["tokens_processed"] += batch.input_ids.numel()
+                totals["tokens_counted"] += int(batch.counted.sum())
+                totals["sequences"] += batch.input_ids.shape[0]
+                progress.update(task, advance=batch.input_ids.numel())
+                yield batch
+                if state is not None:  # the batch is in every accumulator by now
+                    state.after_batch(totals)
+
+    def _batches(self, corpus: str, tokens: int, skip_sequences: int = 0) -> Iterator:
+        from saedoctor.activations.batches import token_batches
+        from saedoctor.activations.corpus import iter_documents
+
+        # Skipped sequences are tokenised (the packing depends on them) but never batched.
+        return token_batches(
+            self.loaded.tokenizer,
+            iter_documents(corpus, text_field=self.opts.text_field),
+            context=self.opts.context,
+            batch_size=self.opts.batch_size,
+            max_tokens=tokens,
+            include_special=self.opts.include_special,
+            skip_sequences=skip_sequences,
+            name=corpus,
+        )
+
+    def _guarded(self, batch: Any, step: Callable[[Any], None]) -> None:
+        """`step(batch)`; out of GPU memory, the accumulators are rolled back and the batch is
+        retried in halves (down to one sequence) instead of losing the run."""
+        cap = _row_caps.get(self.loaded.model)
+        if cap is not None and batch.input_ids.shape[0] > cap:
+            for part in split_batch(batch):  # a size that failed before: don't retry it
+                self._guarded(part, step)
+            return
+        snapshot = [(u.suite.state_dict(), u.downstream.state_dict()) for u in self.units]
+        try:
+            step(batch)
+            return
+        except torch.cuda.OutOfMemoryError:
+            rows = batch.input_ids.shape[0]
+        # Outside the except block, so the traceback's frames (and their tensors) are freed.
+        if rows == 1:
+            raise InputError(
+                f"out of GPU memory on {self.opts.device} for one sequence of --context "
+                f"{self.opts.context}: use a shorter --context, --dtype bfloat16 or fewer --sae"
+            )
+        for unit, (suite, down) in zip(self.units, snapshot, strict=True):
+            unit.suite.load_state_dict(suite)
+            unit.downstream.load_state_dict(down)
+        _out_of_memory(self.loaded.model, rows, self.opts.device)
+        for part in split_batch(batch):
+            self._guarded(part, step)
+
+
+# Per model: the batch rows above which a forward ran out of GPU memory, shared by the passes.
+_row_caps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _out_of_memory(model: Any, rows: int, device: str) -> None:
+    if model not in _row_caps:  # warn once per model
+        stderr_console.print(
+            f"[bold yellow]warning[/]: out of GPU memory on {device} with {rows} sequences per "
+            "batch; continuing in smaller pieces (same metrics, slower): a smaller "
+            "--batch-size avoids the retries", highlight=False
+        )
+    _row_caps[model] = min(_row_caps.get(model, rows), max(1, rows // 2))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def split_batch(batch: Any) -> list[Any]:
+    """Two halves of a token batch; global sequence ids stay those of the whole batch."""
+    import dataclasses
+
+    rows = batch.input_ids.shape[0]
+    half = (rows + 1) // 2
+    parts = []
+    for s in (slice(0, half), slice(half, rows)):
+        lengths = None if batch.lengths is None else batch.lengths[s]
+        first = batch.first_sequence + s.start
+        parts.append(dataclasses.replace(batch, input_ids=batch.input_ids[s],
+                                         counted=batch.counted[s], lengths=lengths,
+                                         first_sequence=first))  # fmt: skip
+    return parts
+
+
+@torch.inference_mode()
+def feed(
+    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink,
+    where: RowOrigin | None = None,
+) -> None:  # fmt: skip
+    """The SAE on one batch of rows, then `sink` on the rows whose input and output are
+    finite; `where` (when given) locates the rows left out for the report."""
+    _, _, kept = encode_finite(unit, x, seq_ids.to(x.device), where)
+    if kept[0].shape[0]:
+        sink(unit, *kept)
+
+
+def encode_finite(
+    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, where: RowOrigin | None
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+    """(x̂ of every row, the mask of rows kept or None for all, (x, x̂, codes, seq_ids) of the
+    kept rows). A row with a non-finite input never reaches the SAE (its x̂ is its own x, so
+    a splice leaves it as the model made it); one with a non-finite x̂ or code is dropped
+    after. Both are counted in `unit.suite.nonfinite`."""
+    track = unit.suite.nonfinite
+    x_ok = finite_rows(x)
+    x_hat, codes = unit.sae(x if x_ok is None else x[x_ok])
+    full = x_hat
+    if x_ok is not None:
+        track.skip("activation_rows", ~x_ok, where)
+        full = x.to(x_hat.dtype).clone()
+        full[x_ok] = x_hat
+        x, seq_ids = x[x_ok], seq_ids[x_ok]
+        where = None if where is None else where.select(x_ok)
+    out_ok = finite_output_rows(x_hat, codes)
+    if out_ok is not None:
+        track.skip("sae_output_rows", ~out_ok, where)
+        x, x_hat, codes, seq_ids = x[out_ok], x_hat[out_ok], codes.select(out_ok), seq_ids[out_ok]
+    kept = _kept_rows(x_ok, out_ok)
+    return full, kept, (x, x_hat, codes, seq_ids)
+
+
+def _kept_rows(x_ok: torch.Tensor | None, out_ok: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows kept of the whole batch from the input mask and the output mask of its finite
+    rows; None when both kept everything (the clean case)."""
+    if x_ok is None:
+        return out_ok
+    if out_ok is None:
+        return x_ok
+    kept = x_ok.clone()
+    kept[x_ok] = out_ok
+    return kept
+
+
+@torch.inference_mode()
+def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device: str) -> None:
+    from saedoctor.activations.stream import counted_rows
+    from saedoctor.metrics.downstream import CleanDistribution
+
+    input_ids = batch.input_ids.to(device)
+    logits, acts = splicer.clean(input_ids)
+    counted = batch.counted.to(device)
+    kl_mask = counted
+    ce_mask = counted[:, :-1] & batch.real()[:, 1:].to(device)
+    clean = CleanDistribution(logits, input_ids)
+    del logits
+    positions, seq_ids = counted_rows(batch)
+    positions, seq_ids = positions.to(device), seq_ids.to(device)
+    where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions)
+
+    ablated: dict[Any, tuple] = {}
+    for unit in units:
+        site = unit.sae.site
+        site_acts = acts[site]
+        flat = site_acts.reshape(-1, site_acts.shape[-1])
+        x_hat, kept, rows = encode_finite(unit, flat[positions], seq_ids, where)
+        if rows[0].shape[0]:
+            unit.suite.update(*rows)
+        spliced = flat.clone()
+        spliced[positions] = x_hat.to(spliced.dtype)
+        sae_scores = clean.score(splicer.patched(site, spliced.view_as(site_acts)))
+        if site not in ablated:  # zero-ablation depends on the site only: once per site
+            ablated[site] = clean.score(splicer.zero_ablated(site, counted))
+        ok = _finite_downstream(clean.ce, sae_scores, ablated[site], positions, kept)
+        ce_m, kl_m = (ce_mask, kl_mask) if ok is None else (ce_mask & ok[:, :-1], kl_mask & ok)
+        if ok is not None:
+            _skip_positions(unit, kl_mask & ~ok, batch.first_sequence)
+        unit.downstream.add_clean(clean.ce, ce_m)
+        for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[site])):
+            unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
+
+
+def _skip_positions(unit: SAEUnderTest, skipped: torch.Tensor, first_sequence: int) -> None:
+    """Count and locate the counted positions `skipped [B, T]` left out of CE/KL sums."""
+    flat = torch.arange(skipped.numel(), device=skipped.device)
+    grid = RowOrigin(first_sequence, skipped.shape[1], flat)
+    unit.suite.nonfinite.skip("downstream_positions", skipped.flatten(), grid)
+
+
+def _finite_downstream(
+    clean_ce: torch.Tensor, sae: tuple, ablated: tuple, positions: torch.Tensor,
+    kept: torch.Tensor | None,
+) -> torch.Tensor | None:  # fmt: skip
+    """`[B, T]` mask of the positions fit for CE/KL sums, or None when all are: clean and
+    patched scores finite, and the SAE kept the position's row (a row left out of the sparse
+    metrics is left out here too)."""
+    from saedoctor.metrics.downstream import finite_positions
+
+    ok = finite_positions(clean_ce, sae, ablated)
+    if kept is None:
+        return ok
+    if ok is None:
+        ok = torch.ones_like(sae[1], dtype=torch.bool)
+    ok.view(-1)[positions[~kept]] = False
+    return ok
