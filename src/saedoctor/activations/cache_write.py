@@ -121,16 +121,23 @@ def write_activation_cache(opts: CacheOptions) -> dict[str, Path]:
         include_special=opts.include_special, name=opts.corpus,
     )  # fmt: skip
     totals = {"tokens_processed": 0, "tokens_counted": 0, "sequences": 0}
-    with token_progress(opts.quiet) as progress:
-        task = progress.add_task("cache activations", total=opts.tokens)
+    current: list[Any] = []  # the batch site_batches is on (it skips batches with no tokens)
+
+    def tallied(progress: Any, task: Any) -> Iterator[Any]:
         for batch in batches:
-            for sb in site_batches(loaded.model, opts.sites, [batch], opts.device):
-                for site, writer in writers.items():
-                    writer.add(sb.acts[site], sb.seq_ids + batch.first_sequence)
+            current[:] = [batch]
             totals["tokens_processed"] += batch.input_ids.numel()
             totals["tokens_counted"] += int(batch.counted.sum())
             totals["sequences"] += batch.input_ids.shape[0]
+            yield batch
             progress.update(task, advance=batch.input_ids.numel())
+
+    with token_progress(opts.quiet) as progress:
+        task = progress.add_task("cache activations", total=opts.tokens)
+        # one site_batches over the whole stream: the hooks are installed once, not per batch
+        for sb in site_batches(loaded.model, opts.sites, tallied(progress, task), opts.device):
+            for site, writer in writers.items():
+                writer.add(sb.acts[site], sb.seq_ids + current[0].first_sequence)
     if totals["tokens_counted"] == 0:
         raise InputError(f"corpus {opts.corpus!r}: no counted tokens to cache")
     return {s.hook_name: _finish_site(w, opts, loaded, totals) for s, w in writers.items()}

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 import torch
 
+from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.sae.site import Site
+from saedoctor.train.ranks import TrainRanks
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class _Pooler:
     counts) and `take` all-gathers the pool in batch order; `keep` drops the sites no SAE of
     this rank trains on (--distribute-layers)."""
 
-    def __init__(self, sites: list[Site], target: int, ranks: Any = None,
+    def __init__(self, sites: list[Site], target: int, ranks: TrainRanks,
                  keep: set[Site] | None = None, width: int = 0,
                  device: str = "cpu") -> None:  # fmt: skip
         self.sites, self.target = sites, target
@@ -81,7 +83,7 @@ class _Pooler:
         for site in self.sites:
             self.chunks[site].append(acts[site].float())
         rows = next(iter(acts.values())).shape[0]
-        self.entries.append((self.ranks.world.rank if self.ranks else 0, rows))
+        self.entries.append((self.ranks.world.rank, rows))
         self.held += rows
 
     def skip(self, owner: int, rows: int) -> None:
@@ -97,7 +99,7 @@ class _Pooler:
         for site, chunks in self.chunks.items():
             mine = torch.cat(chunks) if chunks else torch.zeros(0, self.width,
                                                                 device=self.device)
-            if self.ranks is not None and self.ranks.active:
+            if self.ranks.active:
                 mine = self.ranks.gather_pool(self.entries, mine)
             if self.keep is None or site in self.keep:
                 acts[site] = mine
@@ -119,14 +121,11 @@ class ModelSource:
         # Checked after every LM batch: a Ctrl-C during a long pool fill stops the fill (the
         # trainer then saves its last step's state; the pool is rebuilt on resume).
         self.interrupted: Callable[[], bool] = lambda: False
-        self.ranks: Any = None  # set under torchrun (train/ranks.py)
+        self.ranks = TrainRanks(World())  # replaced under torchrun (train/ranks.py)
         self.keep: set[Site] | None = None  # the sites this rank's SAEs train on
 
     def _pooler(self, target: int) -> _Pooler:
         return _Pooler(self.sites, target, self.ranks, self.keep, self.d_in, self.device)
-
-    def _runs(self, batch_no: int) -> bool:
-        return self.ranks is None or not self.ranks.active or self.ranks.runs_batch(batch_no)
 
     def _batches(self, skip: int) -> Iterator[Any]:
         from saedoctor.activations.batches import token_batches
@@ -161,13 +160,14 @@ class ModelSource:
                     positions, _ = counted_rows(batch)
                     if positions.numel() == 0:
                         continue
+                    owner = self.ranks.batch_owner(batch_no)
                     batch_no += 1
-                    if self._runs(batch_no - 1):
+                    if owner == self.ranks.world.rank:
                         acts = reader.read(batch.input_ids.to(self.device))
                         pooler.add({s: a.reshape(-1, a.shape[-1])[positions.to(a.device)]
                                     for s, a in acts.items()})  # fmt: skip
                     else:
-                        pooler.skip((batch_no - 1) % self.ranks.world.size, positions.numel())
+                        pooler.skip(owner, positions.numel())
                     seen += positions.numel()
                     if self.interrupted():
                         return

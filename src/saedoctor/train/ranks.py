@@ -66,21 +66,23 @@ class TrainRanks:
     def trains(self, index: int) -> bool:
         return not self.distribute_layers or self.owner(index) == self.world.rank
 
-    def runs_batch(self, batch_no: int) -> bool:
-        return batch_no % self.world.size == self.world.rank
+    def batch_owner(self, batch_no: int) -> int:
+        """The rank that runs LM batch `batch_no` of the stream (round robin)."""
+        return batch_no % self.world.size
 
     def share(self, rows: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a micro-batch (data parallel), else all of them."""
         return rows[self.world.rank :: self.world.size] if self.data_parallel else rows
 
     # -- collectives -----------------------------------------------------------------------
-    def any(self, flag: bool) -> bool:
-        """True on every rank if it is true on any (a stop request seen by one rank)."""
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag true on every rank if it is true on any (a stop request seen by one
+        rank), in one all-reduce however many flags."""
         if not self.active:
-            return flag
-        t = torch.tensor([int(flag)], device=self._device())
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags], device=self._device())
         _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
-        return bool(t.item())
+        return [bool(v) for v in t.tolist()]
 
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
         if not self.data_parallel:
@@ -155,16 +157,12 @@ class Reducer:
     def kth_largest(self, values: torch.Tensor, k: int) -> torch.Tensor:
         """The k-th largest of the union of every rank's `values` (BatchTopK's threshold).
 
-        Each rank's k largest hold every member of the global top k that it owns."""
-        local = values.topk(min(k, values.numel()), sorted=False).values
-        size = torch.tensor([local.numel()], device=values.device)
-        sizes = [torch.zeros_like(size) for _ in range(self.size)]
-        _dist().all_gather(sizes, size)
-        width = int(max(int(s) for s in sizes))
-        padded = torch.full((width,), -torch.inf, dtype=values.dtype, device=values.device)
-        padded[: local.numel()] = local
-        parts = [torch.empty_like(padded) for _ in range(self.size)]
-        _dist().all_gather(parts, padded)
+        Each rank's k largest hold every member of the global top k that it owns. Every
+        rank has as many values (the micro-batch splits evenly, see `train_ranks`), so the
+        local tops have one size and gather without padding."""
+        local = values.topk(min(k, values.numel()), sorted=False).values.contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.size)]
+        _dist().all_gather(parts, local)
         return torch.cat(parts).topk(k, sorted=False).values.min()
 
 

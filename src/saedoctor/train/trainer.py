@@ -253,12 +253,13 @@ class Trainer:
                     last = time.perf_counter()
                 if prog.step >= self.total_steps:
                     return
-                if self._stop():
+                # one agreement per step: under torchrun checkpoints and stops are collective
+                self.stop_requested, timer_due = self.ranks.any(self.stop_requested,
+                                                                self._timer_due())  # fmt: skip
+                if self.stop_requested:
                     path = self._checkpoint()
                     raise TrainingInterrupted(path, prog.step)
-                if (cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0) or (
-                    self._checkpoint_due()
-                ):
+                if timer_due or (cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0):
                     self._checkpoint()
             skip = 0
         if self._stop():  # Ctrl-C while the next pool was being read
@@ -266,13 +267,13 @@ class Trainer:
 
     def _stop(self) -> bool:
         """Whether to stop now: under torchrun, every rank stops if any rank was asked to."""
-        self.stop_requested = self.ranks.any(self.stop_requested)
+        [self.stop_requested] = self.ranks.any(self.stop_requested)
         return self.stop_requested
 
-    def _checkpoint_due(self) -> bool:
+    def _timer_due(self) -> bool:
+        """This rank's clock says checkpoint (under torchrun, any rank's clock decides)."""
         minutes = self.cfg.checkpoint_minutes
-        due = bool(minutes) and time.perf_counter() - self._last_checkpoint > 60 * minutes
-        return self.ranks.any(due)  # rank 0's clock decides for all: checkpoints are collective
+        return bool(minutes) and time.perf_counter() - self._last_checkpoint > 60 * minutes
 
     def _pool_target(self, index: int) -> int:
         """Tokens pool `index` is filled to: `shuffle_tokens`, or what the run still needs.
