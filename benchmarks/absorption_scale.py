@@ -1,6 +1,7 @@
 """Decoder-cosine absorption of a very large SAE on the CPU: time and peak memory.
 
     nice -n 19 .venv/bin/python benchmarks/absorption_scale.py [--d-in 4096] [--chunks K]
+        [--repeats 5] [--large-repeats 3] [--quick] [--out DIR]
 
 A random decoder with realistic row norms (log-normal around 1, as trained decoders drift
 from unit norm) and 5 % near-duplicate rows (absorbed pairs), 90 % of features alive. Each
@@ -13,20 +14,44 @@ measurement runs in its own child process and reports that process's peak reside
   first chunk: one float32 copy of the normalised rows and one budgeted block of cosines);
 - sampled (2,048 features, 95 % CI) at 65,536 latents, and at 16,384 beside the exact value.
 
-Writes `benchmarks/results/absorption_scale.json`.
+Each measurement is repeated `--repeats` times (fresh processes, the sizes interleaved round
+by round); the exact 65,536-latent one `--large-repeats` times (about 100 s each on 2 cores;
+the reason is recorded). Times and peaks are medians with min and max. Writes
+`<out>/absorption_scale.json`; `measurements` is keyed `<mode>_<latents>` (`exact_65536`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "absorption_scale.json"
+import _results
+
+NAME = "absorption_scale"
+LARGE_REASON = ("the exact {n}-latent run takes about 100 s on 2 cores; {runs} runs keep the "
+                "script near 10 minutes")  # fmt: skip
+# Values every repeat should reproduce (same seed): recorded once, or per run if they differ.
+DETERMINISTIC = (
+    "n_latents",
+    "d_in",
+    "mode",
+    "alive",
+    "absorption",
+    "absorption_method",
+    "absorption_features",
+    "absorption_ci95",
+    "absorption_sampled",
+    "chunk_rows",
+    "chunks_run",
+    "chunks_total",
+    "weights_mib",
+    "torch_threads",
+)
+TIMED = ("wall_s", "peak_rss_mib", "rss_after_weights_mib", "per_chunk_s", "extrapolated_total_s")
 
 # One measurement in a fresh interpreter, so that one run's peak never masks another's.
 _CHILD = """
@@ -80,34 +105,69 @@ def measure(n: int, d: int, mode: str, arg: int, memory_mb: float) -> dict:
     return result
 
 
+def summarise(runs: list[dict], reason: str | None) -> dict[str, Any]:
+    """One measurement's repeats: the deterministic fields once, the timed ones as blocks."""
+    first = runs[0]
+    out: dict[str, Any] = {}
+    for key in DETERMINISTIC:
+        if key in first:
+            out[key] = first[key]
+            if len({json.dumps(r.get(key)) for r in runs}) > 1:  # float sums in another order
+                print(f"note: {first['mode']} {first['n_latents']}: {key} differs between "
+                      "repeats; all values recorded", file=sys.stderr)  # fmt: skip
+                out[f"{key}_each_run"] = [r.get(key) for r in runs]
+    for key in TIMED:
+        if key in first:
+            out[key] = _results.timing([r[key] for r in runs], allow_fewer=reason)
+    return out
+
+
 def main() -> None:
+    started = time.time()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-in", type=int, default=4096)
     parser.add_argument("--latents", type=int, default=65_536)
+    parser.add_argument("--small", default="8192,16384", help="exact sizes besides --latents")
     parser.add_argument("--memory-mb", type=float, default=256.0)
     parser.add_argument("--chunks", type=int, default=0, help="time only K chunks at full size")
     parser.add_argument("--sample", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=_results.MIN_RUNS)
+    parser.add_argument("--large-repeats", type=int, default=3,
+                        help="repeats of the exact run at --latents (the slow one)")  # fmt: skip
+    _results.add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.d_in, args.latents, args.small, args.sample = 256, 4096, "1024,2048", 256
+        args.repeats = args.large_repeats = _results.QUICK_RUNS
     d, big, mem = args.d_in, args.latents, args.memory_mb
-    runs = [measure(8192, d, "exact", 0, mem), measure(16_384, d, "exact", 0, mem),
-            measure(16_384, d, "sampled", args.sample, mem)]  # fmt: skip
-    if args.chunks:
-        runs.append(measure(big, d, "chunks", args.chunks, mem))
-    else:
-        runs.append(measure(big, d, "exact", 0, mem))
-    runs.append(measure(big, d, "sampled", args.sample, mem))
-    dense_gib = big * big * 4 / 2**30
-    doc = {
-        "benchmark": "absorption_scale",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "memory_budget_mb": mem,
-        "naive_similarity_matrix_gib_at_full_size": round(dense_gib, 1),
-        "runs": runs,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    small = [int(x) for x in args.small.split(",") if x.strip()]
+    plan = {f"exact_{n}": (n, "exact", 0) for n in small}
+    plan[f"sampled_{small[-1]}"] = (small[-1], "sampled", args.sample)
+    plan[f"{'chunks' if args.chunks else 'exact'}_{big}"] = (
+        big,
+        "chunks" if args.chunks else "exact",
+        args.chunks,
+    )
+    plan[f"sampled_{big}"] = (big, "sampled", args.sample)
+    large_key = f"{'chunks' if args.chunks else 'exact'}_{big}"
+    runs: dict[str, list[dict]] = {key: [] for key in plan}
+    for r in range(max(args.repeats, args.large_repeats)):  # sizes interleaved round by round
+        for key, (n, mode, arg) in plan.items():
+            wanted = args.large_repeats if key == large_key else args.repeats
+            if r < wanted:
+                runs[key].append(measure(n, d, mode, arg, mem))
+    measurements = {}
+    for key, done in runs.items():
+        reason = _results.fewer_reason(len(done), args.quick)
+        if key == large_key and reason and not args.quick and not args.chunks:
+            reason = LARGE_REASON.format(n=big, runs=len(done))
+        measurements[key] = summarise(done, reason)
+    payload = {
+        "memory_budget_mb": mem, "d_in": d, "latents": big, "sample": args.sample,
+        "naive_similarity_matrix_gib_at_full_size": round(big * big * 4 / 2**30, 1),
+        "measurements": measurements,
+    }  # fmt: skip
+    _results.write_result(NAME, payload, _results.out_dir(args), started, quick=args.quick)
 
 
 if __name__ == "__main__":

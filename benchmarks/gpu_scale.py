@@ -628,8 +628,6 @@ def step_shape(ctx: Ctx, entry: dict, shape: Shape) -> None:
 def measure(ctx: Ctx, inst: Instruments, loaded: Any, paths: list[str], shape: Shape,
             batch: int, downstream: bool) -> dict[str, Any]:  # fmt: skip
     """A warm-up diagnosis of 3 batches, then a timed one sized to fit the target time."""
-    from saedoctor.metrics.absorption import absorption_settings
-
     context = 32 if ctx.smoke else CONTEXT
     per_batch = batch * context
     n_saes = len(paths)
@@ -643,8 +641,9 @@ def measure(ctx: Ctx, inst: Instruments, loaded: Any, paths: list[str], shape: S
         ctx.rec.row(shape.name, label, None, "tok/s", None, None, "skipped: time budget")
         return {"status": "skipped", "reason": f"time budget ({ctx.budget.left():.0f} s left)"}
     start = time.perf_counter()
-    with absorption_settings(sample=64):  # the warm-up needs no exact absorption
-        warm = run_diagnose(ctx, inst, loaded, paths, 3 * per_batch, batch, context, downstream)
+    # The warm-up needs no exact absorption: 64 sampled features.
+    warm = run_diagnose(ctx, inst, loaded, paths, 3 * per_batch, batch, context, downstream,
+                        absorption_sample=64)
     warm_wall = time.perf_counter() - start
     main = warm["main"]
     ends = main["batch_ends"]
@@ -682,7 +681,8 @@ def d_sae_of(paths: list[str]) -> int:
 
 
 def run_diagnose(ctx: Ctx, inst: Instruments, loaded: Any, paths: list[str], tokens: int,
-                 batch: int, context: int, downstream: bool) -> dict[str, Any]:  # fmt: skip
+                 batch: int, context: int, downstream: bool,
+                 absorption_sample: int | None = None) -> dict[str, Any]:  # fmt: skip
     from saedoctor.diagnose import DiagnoseOptions, diagnose
 
     dev = ctx.dev
@@ -690,7 +690,8 @@ def run_diagnose(ctx: Ctx, inst: Instruments, loaded: Any, paths: list[str], tok
     opts = DiagnoseOptions(model=loaded.name, saes=list(paths), corpus=ctx.corpus, tokens=tokens,
                            context=context, batch_size=batch, device=dev.name, dtype=MODEL_DTYPE,
                            downstream=downstream, quiet=True, state_file=str(state),
-                           checkpoint_minutes=0)  # fmt: skip
+                           checkpoint_minutes=0, absorption_sample=absorption_sample,
+                           downstream_tokens=None)  # fmt: skip
     dev.free()
     dev.sync()
     weights = dev.allocated()

@@ -1,26 +1,29 @@
 """Overhead of MetricSuite.update on top of a bare SAE forward pass.
 
-    .venv/bin/python benchmarks/metric_overhead.py [--batches 8] [--tokens 2048] [--repeats 3]
+    .venv/bin/python benchmarks/metric_overhead.py [--batches 8] [--tokens 2048] [--repeats 5]
+        [--only 576x4608] [--quick] [--out DIR]
 
 For each config (d_in -> d_sae, top-k k=32, random SAE with tied unit-norm init) the same fixed
 batches of random "LM-like" activations (non-zero mean, a few large dimensions) are run through
-(1) encode + decode and (2) encode + decode + MetricSuite.update. The best of `--repeats` timed
-runs (interleaved) after a warm-up is reported; compute() incl. exact absorption is timed
-once, apart.
+(1) encode + decode and (2) encode + decode + MetricSuite.update, alternately (A B A B ...)
+after a warm-up, `--repeats` times each. The ratio is taken round by round (each pair ran under
+the same load) and its median reported with min and max; compute() incl. exact absorption is
+timed `--repeats` times apart. Writes `<out>/metric_overhead.json` and `.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+import _results
 from saedoctor.metrics import MetricSuite
 from saedoctor.sae.model import SAE, SAEConfig
 
+NAME = "metric_overhead"
 CONFIGS = ((576, 4608), (768, 24576))
 TARGET = 1.15
 
@@ -52,21 +55,7 @@ def make_batches(d_in: int, n_batches: int, tokens: int, seq_len: int) -> list[t
     return out
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def best_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Min over repeats, the variants interleaved so background load hits them alike."""
-    for fn in fns:
-        fn()  # warm-up
-    runs = [[timed(fn) for fn in fns] for _ in range(repeats)]
-    return [min(col) for col in zip(*runs, strict=True)]
-
-
-def bench(d_in: int, d_sae: int, args: argparse.Namespace) -> tuple[float, float, float]:
+def bench(d_in: int, d_sae: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     sae = random_topk_sae(d_in, d_sae, args.k, data_mean(d_in))
     batches = make_batches(d_in, args.batches, args.tokens, args.seq_len)
@@ -82,37 +71,69 @@ def bench(d_in: int, d_sae: int, args: argparse.Namespace) -> tuple[float, float
             suite.update(x, sae.decode(codes), codes, seq)
         return suite
 
+    reason = _results.fewer_reason(args.repeats, args.quick)
     with torch.no_grad():
-        t_bare, t_metrics = best_times([bare, with_metrics], args.repeats)
+        runs = _results.alternate(
+            {"bare": _results.timed(bare), "metrics": _results.timed(with_metrics)}, args.repeats
+        )
         suite = with_metrics()
-        start = time.perf_counter()
-        suite.compute(W_dec=sae.W_dec)
-        t_compute = time.perf_counter() - start
-    return t_bare, t_metrics, t_compute
+        compute = [_results.timed(lambda: suite.compute(W_dec=sae.W_dec))()
+                   for _ in range(args.repeats)]  # fmt: skip
+    ratio = _results.timing(_results.paired_ratios(runs["metrics"], runs["bare"]),
+                            allow_fewer=reason)  # fmt: skip
+    return {
+        "d_in": d_in, "d_sae": d_sae,
+        "bare_s": _results.timing(runs["bare"], allow_fewer=reason),
+        "metrics_s": _results.timing(runs["metrics"], allow_fewer=reason),
+        "ratio": ratio,
+        "compute_with_absorption_s": _results.timing(compute, allow_fewer=reason),
+        "ok": ratio["median"] <= TARGET,
+    }  # fmt: skip
+
+
+def markdown(configs: dict[str, dict]) -> str:
+    lines = ["| config | bare s | metrics s | ratio (median, min–max) | compute + absorption s |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, c in configs.items():
+        r = c["ratio"]
+        lines.append(f"| {name} | {c['bare_s']['median']:.3f} | {c['metrics_s']['median']:.3f} | "
+                     f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f}) | "
+                     f"{c['compute_with_absorption_s']['median']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    started = time.time()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--tokens", type=int, default=2048, help="tokens per batch")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=_results.MIN_RUNS)
     p.add_argument("--only", choices=[f"{a}x{b}" for a, b in CONFIGS], help="run one config")
+    _results.add_arguments(p)
     args = p.parse_args()
+    if args.quick:
+        args.batches, args.tokens, args.repeats = 2, 256, _results.QUICK_RUNS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.batches} batches x {args.tokens} tokens, k={args.k}")  # fmt: skip
+          f"{args.batches} batches x {args.tokens} tokens, k={args.k}, "
+          f"{args.repeats} alternating runs (medians)")  # fmt: skip
     print(f"{'config':>12} {'bare s':>8} {'metrics s':>10} {'ratio':>6} {'compute+abs s':>14}")
+    configs = {}
     for d_in, d_sae in CONFIGS:
         if args.only and args.only != f"{d_in}x{d_sae}":
             continue
-        t_bare, t_metrics, t_compute = bench(d_in, d_sae, args)
-        ratio = t_metrics / t_bare
-        flag = "ok" if ratio <= TARGET else f"> {TARGET}"
+        c = configs[f"{d_in}x{d_sae}"] = bench(d_in, d_sae, args)
+        flag = "ok" if c["ok"] else f"> {TARGET}"
         print(
-            f"{d_in:>5}->{d_sae:<6} {t_bare:8.3f} {t_metrics:10.3f} {ratio:6.3f} "
-            f"{t_compute:14.2f}  {flag}"
+            f"{d_in:>5}->{d_sae:<6} {c['bare_s']['median']:8.3f} {c['metrics_s']['median']:10.3f} "
+            f"{c['ratio']['median']:6.3f} {c['compute_with_absorption_s']['median']:14.2f}  {flag}"
         )
+    settings = {"batches": args.batches, "tokens_per_batch": args.tokens, "seq_len": args.seq_len,
+                "k": args.k, "repeats": args.repeats, "target_ratio": TARGET}  # fmt: skip
+    _results.write_result(NAME, {"settings": settings, "configs": configs},
+                          _results.out_dir(args), started, quick=args.quick,
+                          markdown=markdown(configs))  # fmt: skip
 
 
 if __name__ == "__main__":

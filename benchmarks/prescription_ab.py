@@ -1,7 +1,8 @@
 """Do the diagnosis's prescriptions fix what it diagnosed? A measured A/B on the embedded default.
 
     .venv/bin/python benchmarks/prescription_ab.py [--layer 22] [--train-tokens 120000]
-        [--eval-tokens 60000] [--threads 1] [--cache sae_runs/ab/cache] [--out sae_runs/ab]
+        [--eval-tokens 60000] [--threads 1] [--cache sae_runs/ab/cache] [--work sae_runs/ab]
+        [--quick] [--out DIR]
 
 1. Activations of SmolLM2-135M (the embedded default, float32) at block `--layer`
    resid_post are read once from `python-docs@train` and `python-docs@test` and cached
@@ -14,7 +15,10 @@
    with each prescription alone (the diversity loss at its prescribed weight included), with
    every prescription except the diversity loss, and with every prescription.
 5. All are diagnosed on the held-out split; the table shows always-on count, dead %,
-   L0, variance explained, absorption and the grade, and goes to `ab.json` / `ab.md`.
+   L0, variance explained, absorption and the grade. `<out>/prescription_ab.json` holds the
+   seed, token counts, baseline config, prescriptions and every arm's metrics (`rows`, keyed
+   by arm name); `<out>/prescription_ab.md` the table. SAEs and reports go under `--work`.
+   One run per arm: these are outcomes of a seeded training run, not timings.
 
 Same steps by hand with the CLI (training from the model instead of the cache):
     saedoctor train --b-dec-init zeros --auxk-alpha 0 --layer 22 --tokens 120000 --out base
@@ -32,6 +36,8 @@ from typing import Any
 
 import torch
 
+import _results
+
 # A TopK SAE as sparsify would train it, minus two things: b_dec starts at zero instead of the
 # data mean, and there is no AuxK. On late layers this grows always-on and dead latents.
 DEFAULT_BASELINE = {"architecture": "topk", "b_dec_init": "zeros", "auxk_alpha": 0.0}
@@ -40,6 +46,8 @@ SINGLE_ARMS = ("b_dec_init", "auxk_alpha", "top_k", "expansion_factor", "l1_pena
                "sparsity_penalty", "decoder_orthogonality_weight", "architecture")
 ROWS = ("always_on_count", "dead_pct", "l0", "variance_explained", "diversity_top10",
         "absorption")
+NAME = "prescription_ab"
+QUICK_TRAIN_TOKENS, QUICK_EVAL_TOKENS = 4096, 2048
 
 
 def cache_activations(layer: int, corpus: str, tokens: int, path: Path, batch_size: int = 8,
@@ -93,7 +101,17 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
     out["grade"] = (entry.get("grading") or {}).get("grade")
     out["held_back_by"] = (entry.get("grading") or {}).get("held_back_by")
     out["diagnoses"] = [d["id"] for d in entry.get("diagnoses") or []]
+    # Every scalar metric of the report, not only the table's columns.
+    out["metrics"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | None)}
     return out
+
+
+def work_paths(args: argparse.Namespace, out: Path, name: str) -> None:
+    """Quick runs keep their SAEs and activation cache beside their results, so the full
+    run's cache under sae_runs/ is never replaced by a tiny one."""
+    if args.quick:
+        args.work = out / f"{name}-work"
+        args.cache = args.work / "cache"
 
 
 def main() -> None:
@@ -109,10 +127,17 @@ def main() -> None:
     ap.add_argument("--baseline", default=json.dumps(DEFAULT_BASELINE))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache", type=Path, default=Path("sae_runs/ab/cache"))
-    ap.add_argument("--out", type=Path, default=Path("sae_runs/ab"))
+    ap.add_argument("--work", type=Path, default=Path("sae_runs/ab"),
+                    help="where the SAEs and diagnose reports go")  # fmt: skip
+    _results.add_arguments(ap)
     args = ap.parse_args()
+    out = _results.out_dir(args)
+    if args.quick:
+        args.train_tokens, args.eval_tokens = QUICK_TRAIN_TOKENS, QUICK_EVAL_TOKENS
+    work_paths(args, out, NAME)
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.time()
     start = time.perf_counter()
     train_file = args.cache / f"L{args.layer}-python-docs-train.safetensors"
     test_file = args.cache / f"L{args.layer}-python-docs-test.safetensors"
@@ -125,14 +150,14 @@ def main() -> None:
                                         dataset="python-docs@train", checkpoint_every=0),
                             json.loads(args.baseline), "--baseline").validate()  # fmt: skip
     t0 = time.perf_counter()
-    base = train_on_activations(base_cfg, {site: train_acts}, args.out / "baseline",
+    base = train_on_activations(base_cfg, {site: train_acts}, args.work / "baseline",
                                 corpus="python-docs@train")  # fmt: skip
     print(f"baseline trained in {time.perf_counter() - t0:.0f} s")
     (base_dir,) = base.sae_paths.values()
     base_doc = diagnose_cached([base_dir], test_file)
     from saedoctor.report.document import write_report
 
-    write_report(base_doc, args.out / "baseline.json")
+    write_report(base_doc, args.work / "baseline.json")
     (plan,) = plan_from_document(base_doc, source="baseline report")
     for c in plan.changes:
         print(f"prescribed {c.field}: {c.old!r} → {c.new!r} ({c.why})")
@@ -163,27 +188,27 @@ def main() -> None:
         group = {n: c.validate() for n, c in arms.items() if c.training_tokens == budget}
         specs = [SAESpec(_slug(n), site, c.for_layer(args.layer)) for n, c in group.items()]
         run_cfg = next(iter(group.values()))
-        result = train_on_activations(run_cfg, {site: train_acts}, args.out / f"arms-{budget}",
+        result = train_on_activations(run_cfg, {site: train_acts}, args.work / f"arms-{budget}",
                                       specs=specs, corpus="python-docs@train")  # fmt: skip
         for name in group:
             dirs[name] = result.sae_paths[_slug(name)]
     print(f"arms trained in {time.perf_counter() - t0:.0f} s")
     after_doc = diagnose_cached(list(dirs.values()), test_file)
-    write_report(after_doc, args.out / "after.json")
+    write_report(after_doc, args.work / "after.json")
     rows = {"baseline": summary(base_doc["saes"][0])}
     for name, entry in zip(dirs, after_doc["saes"], strict=True):
         rows[name] = summary(entry)
     result = {
-        "layer": args.layer, "train_tokens": args.train_tokens,
+        "layer": args.layer, "seed": base_cfg.seed, "train_tokens": args.train_tokens,
+        "eval_corpus": "python-docs@test", "train_corpus": "python-docs@train",
         "eval_tokens": int(base_doc["run"].get("tokens_counted") or 0),
+        "arm_train_tokens": {name: cfg.training_tokens for name, cfg in arms.items()},
         "baseline": base_cfg.sae_fields(), "prescriptions": [c.__dict__ for c in plan.changes],
         "skipped": plan.skipped, "rows": rows, "wall_s": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ab.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
-    (args.out / "ab.md").write_text(table)
+    _results.write_result(NAME, result, out, started, quick=args.quick, markdown=table)
     print(table)
 
 

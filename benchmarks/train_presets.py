@@ -1,18 +1,19 @@
 """Where the `general` and `domain` training presets come from: candidates measured side by side.
 
     .venv/bin/python benchmarks/train_presets.py [--layer 10] [--corpus python-code]
-        [--train-tokens 120000] [--eval-tokens 60000] [--threads 1] [--out sae_runs/presets]
+        [--train-tokens 120000] [--eval-tokens 60000] [--threads 1] [--work sae_runs/presets]
+        [--quick] [--out DIR]
 
 Caches the embedded default's activations at `--layer` on `<corpus>@train` / `<corpus>@test`
 (a single domain: Python source code by default), trains every candidate from one pass over
 the same activations, diagnoses them on the held-out split and prints the table
-(`presets.json` / `presets.md`).
+(`<out>/train_presets.json`: seed, tokens, every candidate's metrics under `rows`, keyed by
+candidate name; `<out>/train_presets.md`: the table). One seeded run: outcomes, not timings.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prescription_ab import cache_activations, diagnose_cached, markdown, summary  # noqa: E402
+import _results  # noqa: E402
+from prescription_ab import (  # noqa: E402
+    QUICK_EVAL_TOKENS,
+    QUICK_TRAIN_TOKENS,
+    cache_activations,
+    diagnose_cached,
+    markdown,
+    summary,
+    work_paths,
+)
+
+NAME = "train_presets"
 
 CANDIDATES: dict[str, dict] = {
     "general (x8, k=32, AuxK, b_dec mean)": {},
@@ -43,10 +55,17 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=60_000)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("sae_runs/ab/cache"))
-    ap.add_argument("--out", type=Path, default=Path("sae_runs/presets"))
+    ap.add_argument("--work", type=Path, default=Path("sae_runs/presets"),
+                    help="where the trained candidates go")  # fmt: skip
+    _results.add_arguments(ap)
     args = ap.parse_args()
+    out = _results.out_dir(args)
+    if args.quick:
+        args.train_tokens, args.eval_tokens = QUICK_TRAIN_TOKENS, QUICK_EVAL_TOKENS
+    work_paths(args, out, NAME)
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.time()
     start = time.perf_counter()
     train_file = args.cache / f"L{args.layer}-{args.corpus}-train.safetensors"
     test_file = args.cache / f"L{args.layer}-{args.corpus}-test.safetensors"
@@ -57,16 +76,18 @@ def main() -> None:
                          dataset=f"{args.corpus}@train", checkpoint_every=0).validate()  # fmt: skip
     specs = [SAESpec(f"c{i}", site, with_changes(base, changes, name).validate())
              for i, (name, changes) in enumerate(CANDIDATES.items())]  # fmt: skip
-    result = train_on_activations(base, {site: acts}, args.out / "train", specs=specs,
+    result = train_on_activations(base, {site: acts}, args.work / "train", specs=specs,
                                   corpus=f"{args.corpus}@train")  # fmt: skip
     doc = diagnose_cached([result.sae_paths[s.name] for s in specs], test_file)
     rows = {name: summary(entry) for name, entry in zip(CANDIDATES, doc["saes"], strict=True)}
-    out = {"layer": args.layer, "corpus": args.corpus, "train_tokens": args.train_tokens,
-           "rows": rows, "wall_s": round(time.perf_counter() - start, 1)}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "presets.json").write_text(json.dumps(out, indent=1))
-    table = markdown(out)
-    (args.out / "presets.md").write_text(table)
+    payload = {"layer": args.layer, "corpus": args.corpus, "seed": base.seed,
+               "train_tokens": args.train_tokens,
+               "eval_tokens": int(doc["run"].get("tokens_counted") or 0),
+               "candidates": CANDIDATES, "rows": rows,
+               "wall_s": round(time.perf_counter() - start, 1),
+               "threads": torch.get_num_threads()}  # fmt: skip
+    table = markdown(payload)
+    _results.write_result(NAME, payload, out, started, quick=args.quick, markdown=table)
     print(table)
 
 

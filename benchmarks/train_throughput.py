@@ -1,7 +1,8 @@
 """Training throughput, saedoctor vs SAELens: same model, layer, width, k, batch, tokens.
 
     .venv/bin/python benchmarks/train_throughput.py [--layer 10] [--tokens 16384]
-        [--repeats 2] [--threads 0] [--model default] [--skip-e2e] [--skip-sae-only]
+        [--repeats 5] [--warmup 1] [--threads 0] [--model default] [--skip-e2e]
+        [--skip-sae-only] [--quick] [--out DIR]
 
 End to end (text → tokens → LM forward → TopK SAE training, the way each tool is used):
 - saedoctor: `saedoctor.train.train` (health monitor on, checkpoints off, SAE saved);
@@ -11,10 +12,11 @@ End to end (text → tokens → LM forward → TopK SAE training, the way each t
   saedoctor, the same buffer size (32 768 tokens), batch (1 024 tokens), k and width.
 SAE only: both train on the same in-memory activations (no LM), so the SAE step is compared.
 
-The tools run alternately (A B A B ...) in one process so background load hits both alike;
-the best run of each is reported (tokens trained per second of wall time, model loading
-excluded, everything else included). The machine is shared: compare the ratio, not the
-absolute numbers.
+The tools run alternately (A B A B ...) in one process after `--warmup` unrecorded rounds, so
+background load hits both alike; each side's median of `--repeats` runs is reported with min
+and max (tokens trained per second of wall time, model loading excluded, everything else
+included), and the ratio is taken round by round. Writes `<out>/train_throughput.json`.
+The machine may be shared: compare the ratio, not the absolute numbers.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from typing import Any
 
 import torch
 
+import _results
+
+NAME = "train_throughput"
 EXPANSION, K, CONTEXT, BATCH_SEQS = 8, 32, 128, 8
 BUFFER_TOKENS = 32_768
+QUICK_TOKENS = 4096
 
 
 def sequences(loaded: Any, corpus: str, tokens: int) -> list[list[int]]:
@@ -42,7 +48,8 @@ def sequences(loaded: Any, corpus: str, tokens: int) -> list[list[int]]:
                                batch_size=BATCH_SEQS, max_tokens=None, name=corpus):  # fmt: skip
         out.extend(batch.input_ids.tolist())
         counted += int(batch.counted.sum())
-        if counted >= tokens * 2:  # plenty: SAELens excludes the same special tokens
+        # Plenty (SAELens excludes the same special tokens), and at least one buffer's worth.
+        if counted >= max(tokens * 2, BUFFER_TOKENS):
             break
     return out
 
@@ -51,9 +58,18 @@ def run_saedoctor(loaded: Any, layer: int, tokens: int, corpus: str) -> float:
     from saedoctor.train.config import TrainConfig
     from saedoctor.train.trainer import train
 
-    cfg = TrainConfig(model="default", layers=[layer], dataset=corpus, training_tokens=tokens,
-                      expansion_factor=EXPANSION, top_k=K, batch_size=BATCH_SEQS,
-                      context=CONTEXT, shuffle_tokens=BUFFER_TOKENS, checkpoint_every=0)
+    cfg = TrainConfig(
+        model="default",
+        layers=[layer],
+        dataset=corpus,
+        training_tokens=tokens,
+        expansion_factor=EXPANSION,
+        top_k=K,
+        batch_size=BATCH_SEQS,
+        context=CONTEXT,
+        shuffle_tokens=BUFFER_TOKENS,
+        checkpoint_every=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = train(cfg, Path(tmp) / "run", quiet=True, loaded_model=loaded)
@@ -135,21 +151,27 @@ def sae_only(d: int, tokens: int, acts: torch.Tensor) -> tuple[Any, Any]:
     return ours, theirs
 
 
-def alternate(named: dict[str, Any], repeats: int) -> dict[str, list[float]]:
-    runs: dict[str, list[float]] = {name: [] for name in named}
-    for r in range(repeats):
-        for name, fn in named.items():
-            value = fn()
-            runs[name].append(value)
-            print(f"  run {r + 1} {name}: {value:,.0f} tokens/s", flush=True)
-    return runs
+def show_run(name: str, run: int, value: float) -> None:
+    print(f"  run {run} {name}: {value:,.0f} tokens/s", flush=True)
 
 
-def report(title: str, runs: dict[str, list[float]]) -> float:
-    ours, theirs = max(runs["saedoctor"]), max(runs["SAELens"])
-    print(f"{title}: saedoctor {ours:,.0f} tokens/s, SAELens {theirs:,.0f} tokens/s, "
-          f"ratio {ours / theirs:.2f}x (best of {len(runs['saedoctor'])} each)")  # fmt: skip
-    return ours / theirs
+def compare(title: str, runs: dict[str, list[float]], reason: str | None) -> dict[str, Any]:
+    """Both sides' throughputs and the round-by-round ratio saedoctor / SAELens."""
+    block = {
+        "saedoctor_tokens_per_s": _results.timing(runs["saedoctor"], allow_fewer=reason),
+        "saelens_tokens_per_s": _results.timing(runs["SAELens"], allow_fewer=reason),
+        "ratio": _results.timing(_results.paired_ratios(runs["saedoctor"], runs["SAELens"]),
+                                 allow_fewer=reason),
+    }  # fmt: skip
+    ours, theirs, ratio = (
+        block["saedoctor_tokens_per_s"],
+        block["saelens_tokens_per_s"],
+        block["ratio"],
+    )
+    print(f"{title}: saedoctor {ours['median']:,.0f} tokens/s, SAELens {theirs['median']:,.0f} "
+          f"tokens/s, ratio {ratio['median']:.2f}x (median of {ours['n']} alternating runs "
+          f"each; ratio min {ratio['min']:.2f}, max {ratio['max']:.2f})")  # fmt: skip
+    return block
 
 
 def main() -> None:
@@ -157,39 +179,55 @@ def main() -> None:
 
     import transformers
 
+    started = time.time()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layer", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=16_384)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=_results.MIN_RUNS)
+    ap.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--model", default=None)
     ap.add_argument("--corpus", default="python-docs@train")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-sae-only", action="store_true")
+    _results.add_arguments(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.tokens, args.repeats, args.warmup = QUICK_TOKENS, _results.QUICK_RUNS, 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    reason = _results.fewer_reason(args.repeats, args.quick)
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     transformers.logging.set_verbosity_error()
     from saedoctor.activations.model import load_model
 
     loaded = load_model(args.model)
     print(f"model {loaded.name}, layer {args.layer}, d_sae {loaded.d_model * EXPANSION}, k {K}, "
-          f"{args.tokens:,} tokens per run, {torch.get_num_threads()} threads")  # fmt: skip
+          f"{args.tokens:,} tokens per run, {torch.get_num_threads()} threads, "
+          f"{args.warmup} warm-up + {args.repeats} alternating runs")  # fmt: skip
+    payload: dict[str, Any] = {"settings": {
+        "model": loaded.name, "layer": args.layer, "d_in": loaded.d_model,
+        "d_sae": loaded.d_model * EXPANSION, "k": K, "tokens_per_run": args.tokens,
+        "batch_tokens": 1024, "buffer_tokens": BUFFER_TOKENS, "context": CONTEXT,
+        "corpus": args.corpus, "repeats": args.repeats, "warmup_rounds": args.warmup,
+        "torch_threads": torch.get_num_threads()}}  # fmt: skip
     if not args.skip_sae_only:
         gen = torch.Generator().manual_seed(0)
         d = loaded.d_model
         acts = torch.randn(args.tokens, d, generator=gen) * 2 + torch.randn(d, generator=gen) * 4
         ours, theirs = sae_only(d, args.tokens, acts)
         print("SAE only (same in-memory activations):")
-        report("SAE only", alternate({"saedoctor": ours, "SAELens": theirs}, args.repeats))
+        runs = _results.alternate({"saedoctor": ours, "SAELens": theirs}, args.repeats,
+                                  warmup=args.warmup, on_run=show_run)  # fmt: skip
+        payload["sae_step"] = compare("SAE only", runs, reason)
     if not args.skip_e2e:
         print("end to end (text → LM forward → SAE):")
-        runs = alternate({
+        runs = _results.alternate({
             "saedoctor": lambda: run_saedoctor(loaded, args.layer, args.tokens, args.corpus),
             "SAELens": lambda: run_saelens(loaded, args.layer, args.tokens, args.corpus),
-        }, args.repeats)  # fmt: skip
-        report("end to end", runs)
+        }, args.repeats, warmup=args.warmup, on_run=show_run)  # fmt: skip
+        payload["e2e"] = compare("end to end", runs, reason)
+    _results.write_result(NAME, payload, _results.out_dir(args), started, quick=args.quick)
 
 
 if __name__ == "__main__":

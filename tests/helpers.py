@@ -1,9 +1,15 @@
-"""Small builders shared by tests."""
+"""Small builders shared by tests, and the gate for tests that need optional tools."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
+import pytest
 import torch
 
 from saedoctor.sae.model import SAE, SAEConfig
@@ -34,3 +40,48 @@ def saved_sae(directory: Path, sae: SAE) -> Path:
 
     save_sae(sae, directory)
     return directory
+
+
+# Where each optional requirement comes from: `make setup` (the Makefile's venv recipe).
+PIP_EXTRAS = {"sae_lens": "peers", "transformer_lens": "peers"}  # any other module: `dev`
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def in_ci() -> bool:
+    """CI runs (the `CI` environment variable set to anything non-empty) must run every test."""
+    return bool(os.environ.get("CI"))
+
+
+def skip_or_fail_in_ci(message: str) -> NoReturn:
+    """Skip with `message`; under CI fail with it, so a missing tool cannot pass unnoticed."""
+    if in_ci():
+        pytest.fail(f"{message} [CI is set: failing instead of skipping]", pytrace=False)
+    pytest.skip(message)
+
+
+def require_module(name: str) -> ModuleType:
+    """Import `name`, or skip (fail under CI) saying which extra `make setup` installs it from.
+    A module that is installed but fails to import (a missing dependency of its own) is an
+    error, never a skip."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(f"{exc.name}.")):
+            raise
+        extra = PIP_EXTRAS.get(name.partition(".")[0], "dev")
+        skip_or_fail_in_ci(
+            f"Python module {name} is not installed; `make setup` installs it "
+            f"(pip install -e '.[dev,peers]', the `{extra}` extra)"
+        )
+
+
+def require_chromium() -> Path:
+    """The chromium executable on PATH, or skip (fail under CI) saying how to install it."""
+    found = next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+    if found is None:
+        skip_or_fail_in_ci(
+            f"no {' or '.join(CHROMIUM_NAMES)} on PATH; `make setup` runs "
+            "scripts/ensure-chromium.sh, which installs Debian's chromium with apt-get "
+            "(as root, or through passwordless sudo)"
+        )
+    return Path(found)

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import require_module
 
 from saedoctor.metrics.absorption import (
     METHOD,
     METHOD_SAMPLED,
-    absorption_settings,
     chunk_rows,
     decoder_absorption,
     mean_ci95,
@@ -84,15 +84,18 @@ def test_sample_values_are_exact_maxima():
     assert decoder_absorption(W, alive, sample=500)["absorption_method"] == METHOD
 
 
-def test_settings_apply_within_the_block_only():
+def test_the_seed_draws_the_sample():
     W, alive = _decoder(300, 16), torch.ones(300, dtype=torch.bool)
-    with absorption_settings(sample=50, seed=4):
-        assert decoder_absorption(W, alive)["absorption_sampled"] == 50
+    picked = torch.randperm(300, generator=torch.Generator().manual_seed(4))[:50]
+    got = decoder_absorption(W, alive, sample=50, seed=4)
+    assert got["absorption"] == pytest.approx(float(_naive_best(W, alive)[picked].mean()),
+                                              rel=1e-12)  # fmt: skip
+    assert decoder_absorption(W, alive, sample=50, seed=5)["absorption"] != got["absorption"]
     assert decoder_absorption(W, alive)["absorption_method"] == METHOD
 
 
 def test_ci_matches_scipy_t_interval():
-    scipy_stats = pytest.importorskip("scipy.stats")
+    scipy_stats = require_module("scipy.stats")
     for dof in (1, 2, 3, 5, 10, 40, 400):
         assert t_quantile_975(dof) == pytest.approx(scipy_stats.t.ppf(0.975, dof), rel=2e-3)
     values = torch.tensor([0.2, 0.25, 0.4, 0.31, 0.22, 0.28])
@@ -108,21 +111,47 @@ def test_bad_sample_size_fails():
         decoder_absorption(torch.randn(10, 4), torch.ones(10, dtype=torch.bool), sample=1)
 
 
-def test_cli_absorption_sample_reports_a_ci(tmp_path):
+def _activations_and_sae(tmp_path):
     from helpers import random_sae, saved_sae
     from safetensors.torch import save_file
+
+    save_file({"x": torch.randn(512, 32)}, str(tmp_path / "a.safetensors"))
+    sae = saved_sae(tmp_path / "s", random_sae(32, 512, architecture="relu"))
+    return str(tmp_path / "a.safetensors"), str(sae)
+
+
+def test_cli_absorption_sample_reports_a_ci(tmp_path):
     from typer.testing import CliRunner
 
     from saedoctor.cli import app
 
-    save_file({"x": torch.randn(512, 32)}, str(tmp_path / "a.safetensors"))
-    sae = saved_sae(tmp_path / "s", random_sae(32, 512, architecture="relu"))
-    args = ["diagnose", "--activations", str(tmp_path / "a.safetensors"), "--sae", str(sae),
-            "--out", str(tmp_path / "r.json"), "--quiet", "--absorption-sample"]  # fmt: skip
+    acts, sae = _activations_and_sae(tmp_path)
+    args = ["diagnose", "--activations", acts, "--sae", sae, "--out", str(tmp_path / "r.json"),
+            "--quiet", "--absorption-sample"]  # fmt: skip
     done = CliRunner().invoke(app, [*args, "64"])
     assert done.exit_code == 0, done.output
-    metrics = json.loads((tmp_path / "r.json").read_text())["saes"][0]["metrics"]
+    document = json.loads((tmp_path / "r.json").read_text())
+    metrics = document["saes"][0]["metrics"]
     assert metrics["absorption_method"] == METHOD_SAMPLED and metrics["absorption_sampled"] == 64
     low, high = metrics["absorption_ci95"]
     assert low < metrics["absorption"] < high
-    assert CliRunner().invoke(app, [*args, "1"]).exit_code == 2
+    assert document["run"]["options"]["absorption_sample"] == 64
+    bad = CliRunner().invoke(app, [*args, "1"])
+    assert bad.exit_code == 2 and "--absorption-sample" in bad.output
+
+
+def test_python_api_absorption_sample_equals_the_direct_computation(tmp_path):
+    import saedoctor
+    from saedoctor.errors import InputError
+    from saedoctor.sae.loaders import load_sae
+
+    acts, sae = _activations_and_sae(tmp_path)
+    document = saedoctor.diagnose(activations=acts, saes=[sae], quiet=True, absorption_sample=64,
+                                  seed=3)  # fmt: skip
+    metrics = document["saes"][0]["metrics"]
+    alive = torch.tensor(document["saes"][0]["feature_density"]) >= 0.0005  # dead: < 0.05 %
+    want = decoder_absorption(load_sae(sae).W_dec.detach(), alive, sample=64, seed=3)
+    assert metrics["absorption_sampled"] == 64
+    assert metrics["absorption"] == pytest.approx(want["absorption"], rel=1e-12)
+    with pytest.raises(InputError, match="--absorption-sample"):
+        saedoctor.diagnose(activations=acts, saes=[sae], quiet=True, absorption_sample=1)

@@ -181,7 +181,8 @@ def test_compare_rejects_mismatched_schema_and_filter_lists_ids(tmp_path, common
     ids = json.loads(filtered.output)
     report = json.loads(out.read_text())
     (sae_filter,) = ids["always_on"].values()
-    assert sae_filter["features"] == sorted(report["saes"][0]["metrics"]["always_on_features"])
+    listed = sorted(feature["id"] for feature in sae_filter["features"])
+    assert listed == sorted(report["saes"][0]["metrics"]["always_on_features"])
 
 
 def test_bad_fail_on_value(tmp_path, common):

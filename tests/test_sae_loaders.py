@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import require_module
 from safetensors.torch import save_file
 
 from saedoctor.errors import InputError
@@ -281,7 +282,7 @@ def test_native_float64_and_overwrite(tmp_path: Path) -> None:
 
 
 def _saelens():
-    return pytest.importorskip("sae_lens")
+    return require_module("sae_lens")
 
 
 @pytest.mark.parametrize("kind", ["relu", "topk", "jumprelu", "gated", "batchtopk_threshold"])

@@ -40,7 +40,7 @@ RESUME_HINT = "rerun the same command with --resume to continue"
 # and grading happens at the end, so their options may change.
 MAIN_PASS_OPTIONS = ("model", "layer", "site", "corpus", "text_field", "tokens", "context",
                      "batch_size", "dtype", "include_special", "always_on_threshold",
-                     "downstream")  # fmt: skip
+                     "downstream", "downstream_tokens")  # fmt: skip
 
 
 class DiagnoseInterrupted(KeyboardInterrupt):

@@ -20,46 +20,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from saedoctor.activations.cache_options import CacheOptions
 from saedoctor.errors import InputError
 from saedoctor.sae.site import Site
 
 FORMAT = "saedoctor.activation-cache/1"
 INDEX = "index.json"
-STORE_DTYPES = ("float32", "float16", "bfloat16")
-
-
-@dataclass
-class CacheOptions:
-    model: str | None
-    sites: list[Site]
-    corpus: str
-    out: str
-    tokens: int = 1_000_000
-    context: int = 128
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
-    store_dtype: str = "float32"
-    shard_tokens: int = 262_144
-    text_field: str = "text"
-    include_special: bool = False
-    quiet: bool = False
-
-    def validate(self) -> None:
-        for name in ("tokens", "context", "batch_size", "shard_tokens"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')}: expected a positive integer")
-        if self.store_dtype not in STORE_DTYPES:
-            raise InputError(f"--store-dtype {self.store_dtype!r}: expected one of "
-                             f"{', '.join(STORE_DTYPES)}")  # fmt: skip
-        if not self.sites:
-            raise InputError("--layer: expected at least one layer to cache")
 
 
 class _ShardWriter:
@@ -96,8 +68,9 @@ class _ShardWriter:
         self.rows, self.seqs, self.buffered = [], [], 0
 
 
-def write_activation_cache(opts: CacheOptions) -> dict[str, Path]:
+def write_activation_cache(opts: CacheOptions | None = None, **overrides: Any) -> dict[str, Path]:
     """Stream the corpus through the model once; write every site's shards and index.
+    `overrides`: `CacheOptions` fields, applied on top of `opts`.
 
     Returns the directory written per site hook name."""
     from saedoctor.activations.batches import token_batches
@@ -106,15 +79,17 @@ def write_activation_cache(opts: CacheOptions) -> dict[str, Path]:
     from saedoctor.activations.stream import site_batches
     from saedoctor.progress import token_progress
 
+    opts = replace(opts, **overrides) if opts is not None else CacheOptions(**overrides)
     opts.validate()
     loaded = load_model(opts.model, device=opts.device, dtype=opts.dtype)
-    for site in opts.sites:
+    sites = opts.all_sites()
+    for site in sites:
         if site.layer >= loaded.n_layers:
             raise InputError(f"--layer {site.layer}: model {loaded.name} has {loaded.n_layers} "
                              f"blocks (0..{loaded.n_layers - 1})")  # fmt: skip
     out = Path(opts.out).expanduser()
     store = getattr(torch, opts.store_dtype)
-    writers = {s: _ShardWriter(out / s.hook_name, s, store, opts.shard_tokens) for s in opts.sites}
+    writers = {s: _ShardWriter(out / s.hook_name, s, store, opts.shard_tokens) for s in sites}
     batches = token_batches(
         loaded.tokenizer, iter_documents(opts.corpus, text_field=opts.text_field),
         context=opts.context, batch_size=opts.batch_size, max_tokens=opts.tokens,
@@ -135,7 +110,7 @@ def write_activation_cache(opts: CacheOptions) -> dict[str, Path]:
     with token_progress(opts.quiet) as progress:
         task = progress.add_task("cache activations", total=opts.tokens)
         # one site_batches over the whole stream: the hooks are installed once, not per batch
-        for sb in site_batches(loaded.model, opts.sites, tallied(progress, task), opts.device):
+        for sb in site_batches(loaded.model, sites, tallied(progress, task), opts.device):
             for site, writer in writers.items():
                 writer.add(sb.acts[site], sb.seq_ids + current[0].first_sequence)
     if totals["tokens_counted"] == 0:

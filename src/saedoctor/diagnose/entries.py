@@ -10,6 +10,7 @@ import torch
 
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.units import SAEUnderTest
+from saedoctor.metrics.absorption import AbsorptionSettings
 from saedoctor.sae.model import SAE
 
 # -- the report ----------------------------------------------------------------------------
@@ -19,8 +20,9 @@ NOT_MEASURED_WITHOUT_MODEL = "no language model: evaluated on cached activations
 NOT_MEASURED_OFF = "downstream loss not requested (--no-downstream) or undefined on this data"
 
 
-def sae_entry(unit: SAEUnderTest, info: dict[str, Any]) -> dict[str, Any]:
-    metrics = unit.suite.compute(W_dec=unit.sae.W_dec.detach())
+def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -> dict[str, Any]:
+    absorption = AbsorptionSettings(sample=opts.absorption_sample, seed=opts.seed)
+    metrics = unit.suite.compute(W_dec=unit.sae.W_dec.detach(), absorption=absorption)
     density = metrics.pop("density")
     histogram = metrics.pop("density_histogram")
     mean_activation = metrics.pop("mean_activation_when_active")
@@ -114,7 +116,7 @@ def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) ->
     import safetensors
     import transformers
 
-    from saedoctor import __version__
+    from saedoctor.version import __version__
 
     options = asdict(opts)
     # How the run was carried out, not what it measured: a resumed report equals a fresh one.

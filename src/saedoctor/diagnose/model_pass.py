@@ -12,7 +12,7 @@ import torch
 
 from saedoctor import distributed
 from saedoctor.diagnose.options import DiagnoseOptions
-from saedoctor.diagnose.units import SAEUnderTest, Sink
+from saedoctor.diagnose.units import SAEUnderTest, Sink, suite_sink
 from saedoctor.errors import InputError
 from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
 from saedoctor.progress import stderr_console, token_progress
@@ -31,9 +31,16 @@ class ModelPass:
     state: Any = None  # saedoctor.diagnose_state.MainPassState
 
     def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        step = self._metric_step(sink, keep)
+        for batch in self._tracked(corpus, tokens, label, totals):
+            self._guarded(batch, step)
+        return totals
+
+    def _metric_step(self, sink: Sink, keep=None) -> Callable[[Any], None]:
+        """A batch's forward up to the deepest site, every SAE fed from it: no logits."""
         from saedoctor.activations.stream import site_batches
 
-        totals: dict[str, int] = {}
         sites = sorted({u.sae.site for u in self.units})  # a fixed order, run after run
 
         def step(batch: Any) -> None:
@@ -44,30 +51,38 @@ class ModelPass:
                 if keep is not None:  # after feeding: a batch retried in halves is kept once
                     keep(sb)
 
-        for batch in self._tracked(corpus, tokens, label, totals):
-            self._guarded(batch, step)
-        return totals
+        return step
 
     def run_downstream(self, corpus: str, tokens: int, label: str) -> dict[str, int]:
         """The main pass with loss recovered / KL: one clean forward to the logits per batch,
-        one patched tail per SAE and one zero-ablated tail per site."""
+        one patched tail per SAE and one zero-ablated tail per site. Batches past
+        `downstream_tokens` feed the other metrics only (no logits): CE and KL need far
+        fewer tokens than density does, and cost most of the pass."""
         from saedoctor.activations.splice import Splicer
 
         totals: dict[str, int] = {}
         splicer = Splicer(self.loaded.model, sorted({u.sae.site for u in self.units}))
 
-        def step(batch: Any) -> None:
+        def downstream(batch: Any) -> None:
             if batch.counted.any():  # a half of a split batch may have nothing counted
                 downstream_batch(splicer, self.units, batch, self.opts.device)
 
+        metrics_only = self._metric_step(suite_sink)
         primed = False
         for batch in self._tracked(corpus, tokens, label, totals):
-            if not primed and batch.first_sequence > 0:  # resumed after skipping batches
+            measured = self._in_downstream_budget(batch)
+            if measured and not primed and batch.first_sequence > 0:  # resumed mid-pass
                 self._prime(splicer, corpus, tokens)
-            primed = True
+            primed = primed or measured
             if batch.counted.any():
-                self._guarded(batch, step)
+                self._guarded(batch, downstream if measured else metrics_only)
         return totals
+
+    def _in_downstream_budget(self, batch: Any) -> bool:
+        """Whether a batch measures CE / KL: decided by its place in the corpus (tokens before
+        it), so a resumed run and every torchrun rank pick the same batches."""
+        budget = self.opts.downstream_tokens
+        return budget is None or batch.first_sequence * self.opts.context < budget
 
     @torch.inference_mode()
     def _prime(self, splicer: Any, corpus: str, tokens: int) -> None:

@@ -1,64 +1,108 @@
-"""What a diagnosis run is asked to do."""
+"""What a diagnosis run is asked to do: `DiagnoseOptions`, the one declaration of
+`saedoctor diagnose`'s options (each field's flag and help: `saedoctor.options`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from saedoctor import defaults
 from saedoctor.errors import InputError
+from saedoctor.options import flag_of, option
 from saedoctor.sae.site import SITE_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+MIN_ABSORPTION_SAMPLE = 2  # a confidence interval needs two sampled features
+_POSITIVE_INTS = ("tokens", "context", "batch_size", "explain_tokens")
 
 
 @dataclass
 class DiagnoseOptions:
     """Everything `saedoctor diagnose` takes; defaults are the embedded default run."""
 
-    model: str | None = None
-    saes: list[str] = field(default_factory=list)
-    layer: int | None = None
-    site: str | None = None
-    corpus: str = defaults.DEFAULT_EVAL_CORPUS
-    compare_corpus: str | None = None
-    text_field: str = "text"
-    tokens: int = defaults.DEFAULT_EVAL_TOKENS
-    context: int = defaults.DEFAULT_CONTEXT
-    batch_size: int = defaults.DEFAULT_BATCH_SIZE
-    device: str = "cpu"
-    dtype: str = "float32"
-    activations: str | None = None
-    include_special: bool = False
-    always_on_threshold: float = 0.80
-    explain_tokens: int = 16_384
-    downstream: bool = True
-    first_letter_absorption: bool = False
-    first_letter_words: int = 4000
-    policy: str | None = None
-    seed: int = 0
-    # A model larger than one device: accelerate's device_map ("auto" or a dict), and/or
-    # bitsandbytes "8bit" / "4bit" weights; each SAE then runs on its site's device.
-    device_map: str | dict | None = None
-    quantize: str | None = None
-    quiet: bool = False
-    # Interrupt / resume of the main pass (see saedoctor.diagnose_state). `state_file` None:
-    # in the cache dir, named by a fingerprint of the inputs. `keep_state`: leave the file for
-    # a caller that deletes it only once its report is safely written.
-    resume: bool = False
-    state_file: str | None = None
-    checkpoint_minutes: float = 5.0
-    keep_state: bool = False
+    # -- what is diagnosed --------------------------------------------------------------
+    model: str | None = option(
+        None, help="HF model id or local dir; default: SmolLM2-135M-Instruct")
+    saes: list[str] = option(
+        [], flag="--sae", help="SAE path (repeatable: several layers at once). Default: the "
+        "embedded default SAE")
+    layer: int | None = option(None, help="block index, when the SAE config has none")
+    site: str | None = option(None, help="resid_post | resid_pre | mlp_out | attn_out")
+    # -- the data ---------------------------------------------------------------------------
+    corpus: str = option(
+        defaults.DEFAULT_EVAL_CORPUS, help="python-docs or python-code (suffix @train / @test: "
+        "the 90/10 split), a .txt/.jsonl/.parquet file or dir, or an HF dataset id")
+    compare_corpus: str | None = option(
+        None, help="evaluate the same SAEs on a second corpus: training-data mismatch")
+    text_field: str = option("text", help="text column of jsonl/parquet/HF data")
+    tokens: int = option(defaults.DEFAULT_EVAL_TOKENS, help="tokens to stream")
+    context: int = option(defaults.DEFAULT_CONTEXT, help="sequence length")
+    batch_size: int = option(defaults.DEFAULT_BATCH_SIZE, help="sequences per batch")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, mps")
+    dtype: str = option("float32", help=f"model dtype: {' | '.join(DTYPES)}")
+    activations: str | None = option(
+        None, help="cached activations (.safetensors, .npy or a `saedoctor cache-activations` "
+        "directory) instead of a model")
+    include_special: bool = option(False, help="count BOS/EOS/pad positions too")
+    # -- what is measured -------------------------------------------------------------------
+    always_on_threshold: float = option(0.80, help="density above which a feature is always-on")
+    explain_tokens: int = option(
+        16_384, help="tokens examined for always-on features' strongest/weakest tokens")
+    downstream: bool = option(
+        True, help="measure loss recovered / KL by splicing each SAE into the model")
+    downstream_tokens: int | None = option(
+        defaults.DEFAULT_DOWNSTREAM_TOKENS,
+        help="the first N tokens of the main pass also measure loss recovered / KL, which "
+        "costs most of a run on a CPU; the rest measure every other metric. At least --tokens: "
+        "all of them (None in Python: all)", cli_type=int)
+    first_letter_absorption: bool = option(
+        False, help="also measure SAEBench's probe-based first-letter absorption (slow)")
+    first_letter_words: int = option(4000, help="words sampled for first-letter absorption")
+    absorption_sample: int | None = option(
+        None, help="estimate absorption from N sampled features, with a 95% CI (each one's "
+        "max still exact); default: exact over all features")
+    policy: str | None = option(None, help="TOML file overriding the grading thresholds")
+    seed: int = option(0, help="random seed (sampling, shuffles)")
+    # -- a model larger than one device: each SAE then runs on its site's device ------------
+    device_map: str | dict | None = option(
+        None, cli_type=str | None, help="spread a model larger than one device with "
+        "accelerate: auto | balanced | sequential, or (Python) a device map dict")
+    quantize: str | None = option(
+        None, help="load the model's weights in 8bit | 4bit (bitsandbytes)")
+    quiet: bool = option(False, help="no progress bars")
+    # -- interrupt / resume of the main pass (saedoctor.diagnose_state) -------------------
+    resume: bool = option(
+        False, help="continue an interrupted run from its state file, <out>.partial."
+        "safetensors (same options and SAEs required). Ctrl-C or SIGTERM during the main "
+        "pass saves that file and exits 130; it is also saved every --checkpoint-minutes "
+        "and deleted once the report is written. The always-on explanations, "
+        "--compare-corpus and --first-letter-absorption passes rerun from scratch on resume")
+    state_file: str | None = option(
+        None, cli=False, help="the main pass's state file; None: in the cache dir, named by "
+        "a fingerprint of the inputs (the command puts it beside the report)")
+    checkpoint_minutes: float = option(
+        5.0, help="save the main pass's state this often (0: only on Ctrl-C)")
+    keep_state: bool = option(
+        False, cli=False, help="leave the state file for a caller that deletes it only once "
+        "its report is safely written")
 
     def validate(self) -> None:
-        for name in ("tokens", "context", "batch_size", "explain_tokens"):
+        for name in _POSITIVE_INTS:
             if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')}: expected a positive integer")
+                raise InputError(f"{_flag(name)}: expected a positive integer")
+        if self.downstream_tokens is not None and self.downstream_tokens <= 0:
+            raise InputError(f"{_flag('downstream_tokens')}: expected a positive integer")
+        if self.absorption_sample is not None and self.absorption_sample < MIN_ABSORPTION_SAMPLE:
+            raise InputError(f"{_flag('absorption_sample')}: expected at least "
+                             f"{MIN_ABSORPTION_SAMPLE} features")  # fmt: skip
         if self.site is not None and self.site not in SITE_KINDS:
             raise InputError(f"--site {self.site!r}: expected one of {', '.join(SITE_KINDS)}")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if not 0 < self.always_on_threshold <= 1:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
+        self._validate_combinations()
+
+    def _validate_combinations(self) -> None:
         if self.first_letter_absorption and self.activations is not None:
             raise InputError("--first-letter-absorption needs a model: not with --activations")
         if self.compare_corpus is not None and self.activations is not None:
@@ -67,3 +111,7 @@ class DiagnoseOptions:
             raise InputError("--checkpoint-minutes: expected a number of minutes >= 0")
         if self.resume and self.activations is not None:
             raise InputError("--resume applies to a run on a model: not with --activations")
+
+
+def _flag(name: str) -> str:
+    return flag_of(DiagnoseOptions, name)

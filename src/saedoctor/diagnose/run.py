@@ -4,6 +4,7 @@ grade it, and write the report atomically."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ def diagnose(
     `loaded_model`: an already-built `saedoctor.activations.model.LoadedModel` (e.g. shared
     with `train`, or built from a config in a benchmark) instead of loading `opts.model`;
     `opts.model`, `dtype`, `device_map` and `quantize` then play no part in loading, token ids
-    go to `opts.device`, and each SAE moves to its site's device."""
+    go to `opts.device`, and each SAE moves to its site's device.
+
+    `overrides`: `DiagnoseOptions` fields as keywords, applied on top of `opts` (or of the
+    defaults when `opts` is None)."""
     from saedoctor.health import apply_health, load_policy
 
-    opts = opts or DiagnoseOptions(**overrides)
+    opts = _options(opts, overrides)
     opts.validate()
     distributed.setup_diagnose(opts)
     policy = load_policy(opts.policy)  # a bad policy fails before minutes of streaming
@@ -46,13 +50,20 @@ def diagnose(
     document = {
         "schema": "saedoctor.report/1",
         "run": run_metadata(opts, info, 0.0),
-        "saes": [sae_entry(u, info) for u in units],
+        "saes": [sae_entry(u, info, opts) for u in units],
     }
     apply_health(document, policy)
     document["run"]["wall_time_s"] = round(time.perf_counter() - start, 3)
     if not opts.keep_state:
         _discard_state(info.get("state_file"))
     return document
+
+
+def _options(opts: DiagnoseOptions | None, overrides: dict[str, Any]) -> DiagnoseOptions:
+    if opts is None:
+        return DiagnoseOptions(**overrides)
+    # the same object when nothing is overridden: diagnose_and_write reads back its state_file
+    return replace(opts, **overrides) if overrides else opts
 
 
 def diagnose_and_write(opts: DiagnoseOptions, out: str | Path) -> dict[str, Any]:

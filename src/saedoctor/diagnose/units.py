@@ -74,10 +74,9 @@ def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_
 
 
 def ensure_default_sae(opts: DiagnoseOptions) -> Path:
-    """The cached default SAE; trained on `python-docs@train` the first time."""
-    from saedoctor.train.default import train_default_sae
-
+    """The shipped default SAE (package data, built by `saedoctor train`)."""
     path = defaults.default_sae_dir()
-    if not (path / "cfg.json").exists():
-        train_default_sae(path, device=opts.device, quiet=opts.quiet)
+    if not (path / "cfg.json").is_file():
+        raise InputError(f"{path}: the default SAE is missing from this install; reinstall "
+                         "saedoctor, or pass --sae")  # fmt: skip
     return path

@@ -12,8 +12,7 @@ from typing import Any
 
 from saedoctor.health.types import Prescription
 from saedoctor.health.values import as_number, site_layer
-
-TOPK_FAMILY: tuple[str, ...] = ("topk", "batchtopk")
+from saedoctor.limits import TOPK_ARCHITECTURES
 
 # Guide name -> names a trainer config may use for it, most specific first.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -38,7 +37,7 @@ def architecture(entry: dict[str, Any]) -> str | None:
 
 
 def is_topk(entry: dict[str, Any]) -> bool:
-    return architecture(entry) in TOPK_FAMILY
+    return architecture(entry) in TOPK_ARCHITECTURES
 
 
 def old_value(entry: dict[str, Any], field: str) -> Any:
@@ -76,4 +75,6 @@ def prescribe(entry: dict[str, Any], field: str, new: Any, why: str) -> Prescrip
 
 
 def numeric_old(entry: dict[str, Any], field: str) -> float | None:
-    return as_number(old_value(entry, field))
+    """The current value as a finite number: an infinite one is no base to scale from."""
+    value = as_number(old_value(entry, field))
+    return value if value is not None and math.isfinite(value) else None

@@ -23,10 +23,7 @@ with the finite-population correction), for a quick look at a very large diction
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,32 +38,12 @@ DEFAULT_MEMORY_MB = 256.0
 
 @dataclass(frozen=True)
 class AbsorptionSettings:
-    """How `decoder_absorption` runs when its caller does not say: the CLI sets these for a
-    whole diagnosis with `absorption_settings(...)` (`--absorption-sample`)."""
+    """How `decoder_absorption` runs for a diagnosis: `sample` None is the exact mean
+    (`--absorption-sample` sets it), `seed` draws the sample, `memory_mb` sizes the chunks."""
 
     sample: int | None = None
     memory_mb: float = DEFAULT_MEMORY_MB
     seed: int = 0
-
-
-_SETTINGS: contextvars.ContextVar[AbsorptionSettings | None] = contextvars.ContextVar(
-    "absorption_settings", default=None
-)
-
-
-def current_settings() -> AbsorptionSettings:
-    return _SETTINGS.get() or AbsorptionSettings()
-
-
-@contextlib.contextmanager
-def absorption_settings(**changes: Any) -> Iterator[AbsorptionSettings]:
-    """Within the block, `decoder_absorption` defaults to these settings."""
-    settings = AbsorptionSettings(**{**current_settings().__dict__, **changes})
-    token = _SETTINGS.set(settings)
-    try:
-        yield settings
-    finally:
-        _SETTINGS.reset(token)
 
 
 def chunk_rows(n_alive: int, d_in: int, memory_mb: float) -> int:
@@ -82,19 +59,15 @@ def decoder_absorption(
     chunk_size: int | None = None,
     *,
     sample: int | None = None,
-    memory_mb: float | None = None,
-    seed: int | None = None,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Mean over alive features of the max signed cosine of its decoder row with another's.
 
     `W_dec [d_sae, d_in]`, `alive` bool `[d_sae]`. A zero decoder row has cosine 0 with all.
-    `chunk_size` None: sized from `memory_mb`. `sample` m: the sampled estimate (module doc);
-    unset arguments come from `absorption_settings`.
+    `chunk_size` None: sized from `memory_mb`. `sample` m: the sampled estimate (module doc),
+    drawn with `seed`.
     """
-    settings = current_settings()
-    sample = settings.sample if sample is None else sample
-    memory_mb = settings.memory_mb if memory_mb is None else memory_mb
-    seed = settings.seed if seed is None else seed
     if W_dec.dim() != 2 or alive.shape != (W_dec.shape[0],):
         raise ValueError(f"W_dec {tuple(W_dec.shape)} / alive {tuple(alive.shape)}: mismatch")
     if (chunk_size is not None and chunk_size <= 0) or memory_mb <= 0:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from saedoctor.metrics.absorption import decoder_absorption
+from saedoctor.metrics.absorption import AbsorptionSettings, decoder_absorption
 from saedoctor.metrics.diversity import Diversity
 from saedoctor.metrics.features import FeatureStats
 from saedoctor.metrics.finite import NonFinite
@@ -102,8 +102,11 @@ class MetricSuite:
         self.nonfinite.merge(other.nonfinite)
         return self
 
-    def compute(self, W_dec: torch.Tensor | None = None) -> dict[str, Any]:
-        """Flat dict of plain Python values; absorption only when `W_dec [d_sae, d_in]` is given.
+    def compute(
+        self, W_dec: torch.Tensor | None = None, absorption: AbsorptionSettings | None = None
+    ) -> dict[str, Any]:
+        """Flat dict of plain Python values; absorption only when `W_dec [d_sae, d_in]` is given,
+        computed as `absorption` says (default: exact).
 
         With no token seen because every row was left out as non-finite, every
         `measured_keys()` value is None and the per-feature lists are empty; with no token
@@ -123,7 +126,7 @@ class MetricSuite:
             "density_histogram": density_histogram(density),
             "mean_activation_when_active": mean_act.tolist(),
         }
-        out.update(self._absorption(W_dec, density))
+        out.update(self._absorption(W_dec, density, absorption or AbsorptionSettings()))
         return out
 
     def measured_keys(self) -> tuple[str, ...]:
@@ -137,14 +140,16 @@ class MetricSuite:
                 "mean_activation_when_active": [], "absorption_method": None,
                 "absorption_features": 0}  # fmt: skip
 
-    def _absorption(self, W_dec: torch.Tensor | None, density: torch.Tensor) -> dict[str, Any]:
+    def _absorption(self, W_dec: torch.Tensor | None, density: torch.Tensor,
+                    settings: AbsorptionSettings) -> dict[str, Any]:  # fmt: skip
         if W_dec is None:
             return {"absorption": None, "absorption_method": None, "absorption_features": 0,
                     "absorption_reason": "no decoder weights given"}  # fmt: skip
         if W_dec.shape != (self.d_sae, self.d_in):
             raise ValueError(f"W_dec {tuple(W_dec.shape)}: expected ({self.d_sae}, {self.d_in})")
         alive = density >= self.features.dead_threshold
-        return decoder_absorption(W_dec, alive.to(W_dec.device))
+        return decoder_absorption(W_dec, alive.to(W_dec.device), sample=settings.sample,
+                                  memory_mb=settings.memory_mb, seed=settings.seed)  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every accumulator and the config as float64/int64 CPU tensors (safetensors-ready)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from saedoctor.health.model_verdict import VERDICT_MARK, VERDICT_STATUS
 from saedoctor.report.fields import NOT_MEASURED, ROWS, format_value, grade_status
 from saedoctor.report.sections import Cell, Table, percent
 
@@ -40,9 +42,8 @@ def side_by_side_table(comparison: dict[str, Any]) -> Table:
 
 
 def site_cell(sae: dict[str, Any]) -> str:
-    if sae["layer"] is None and sae["site"] is None:
-        return "–"
-    return f"L{sae['layer']} {sae['site'] or ''}".strip()
+    parts = [f"L{sae['layer']}" if sae["layer"] is not None else "", sae["site"] or ""]
+    return " ".join(p for p in parts if p) or "–"
 
 
 def layer_table(comparison: dict[str, Any]) -> Table:
@@ -82,8 +83,7 @@ def model_table(comparison: dict[str, Any]) -> Table:
                    "Loss recovered (mean)", "Grades"])
     for m in comparison["models"]:
         per_layer = "; ".join(
-            f"L{item['layer'] if item['layer'] is not None else '?'}: "
-            f"{format_value(item['features'], 'ids', max_ids=4)}"
+            f"{item['where']}: {format_value([f['id'] for f in item['features']], 'ids', 4)}"
             for item in m["always_on_per_layer"])
         spread = m["absorption_range"]
         absorption = format_value(m["mean_absorption"], "f4")
@@ -105,3 +105,54 @@ def model_table(comparison: dict[str, Any]) -> Table:
             Cell(recon), Cell(grades),
         ])
     return table
+
+
+@dataclass
+class ModelBlock:
+    """One model's verdict and what it rests on, drawn the same way by every view."""
+
+    model: str
+    verdict: Cell  # "❌ critical issue" in the verdict's status colour
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (label, text)
+
+
+def model_blocks(comparison: dict[str, Any]) -> list[ModelBlock]:
+    """The guide's model-vs-model comparison: verdict, why, always-on (with densities),
+    diversity, absorption range and best SAE, one block per model."""
+    blocks = []
+    for m in comparison["models"]:
+        verdict = Cell(f"{VERDICT_MARK[m['verdict']]} {m['verdict']}", VERDICT_STATUS[m["verdict"]])
+        blocks.append(ModelBlock(m["model"], verdict, [
+            ("why", m["reason"]),
+            ("always-on features", always_on_text(m["always_on_per_layer"])),
+            ("diversity (top-10)", range_text(m["diversity_range"], "f2")),
+            ("absorption", range_text(m["absorption_range"], "g4")),
+            ("best SAE", m["best"] or "–"),
+        ]))
+    return blocks
+
+
+def always_on_text(per_layer: list[dict[str, Any]]) -> str:
+    """'layer 22: 290 (91.0%), 294 (88.0%); layer 28: …': ids only ever next to their SAE."""
+    found = [item for item in per_layer if item["features"]]
+    if not found:
+        return "none"
+    return "; ".join(f"{item['where']}: " + ", ".join(feature_text(f) for f in item["features"])
+                     for item in found)
+
+
+def feature_text(feature: dict[str, Any]) -> str:
+    spread = feature.get("density_range")
+    if spread:
+        low, high = (round(100 * v) for v in spread)
+        return f"{feature['id']} ({low}–{high}%)"
+    density = feature.get("density")
+    return f"{feature['id']} ({percent(density, 1)})" if density is not None else str(feature["id"])
+
+
+def range_text(span: list[float] | None, fmt: str) -> str:
+    """Lowest–highest over the model's SAEs; one value when they agree or there is one SAE."""
+    if span is None:
+        return NOT_MEASURED
+    low, high = (format_value(v, fmt) for v in span)
+    return low if low == high else f"{low}–{high}"

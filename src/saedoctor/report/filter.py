@@ -1,11 +1,19 @@
-"""`saedoctor filter`: always-on feature ids per hook, for circuit-tracing tools to drop
-(the guide's "Filter Always-On Features" snippet, as JSON)."""
+"""`saedoctor filter`: the always-on features of each SAE, keyed by the hook it reads, with their
+densities, for circuit-tracing tools to drop (the guide's "Filter Always-On Features", done per
+layer: docs/circuit_tracing.md).
+
+There is deliberately no cross-layer union of ids: feature 294 of layer 22 and feature 294 of
+layer 28 are different features, and an id dropped at every layer would remove features that
+are fine.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-FILTER_SCHEMA = "saedoctor.filter/1"
+from saedoctor.report.always_on import always_on_features
+
+FILTER_SCHEMA = "saedoctor.filter/2"
 
 
 def always_on_filter(document: dict[str, Any]) -> dict[str, Any]:
@@ -21,14 +29,14 @@ def always_on_filter(document: dict[str, Any]) -> dict[str, Any]:
         always_on[key] = {
             "layer": site.get("layer"),
             "site": site.get("kind"),
-            "features": sorted(int(i) for i in entry["metrics"].get("always_on_features") or []),
+            "sae": entry["name"],
+            "features": [feature.as_json() for feature in always_on_features(entry)],
         }
     return {
         "schema": FILTER_SCHEMA,
         "model": model_of(document),
         "threshold": (run.get("options") or {}).get("always_on_threshold", 0.8),
         "always_on": always_on,
-        "all_features": sorted({f for item in always_on.values() for f in item["features"]}),
     }
 
 

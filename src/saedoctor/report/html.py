@@ -10,6 +10,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from saedoctor.report import plots, sections
+from saedoctor.report.compare_tables import layer_table, side_by_side_table
+from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import (
     config_text,
     grade_of,
@@ -143,9 +145,6 @@ def html_sae(document: dict[str, Any], entry: dict[str, Any], index: int, figs: 
 
 
 def html_overview(document: dict[str, Any], figs: Plots) -> str:
-    from saedoctor.report.compare import compare_reports
-    from saedoctor.report.compare_tables import layer_table, side_by_side_table
-
     comparison = compare_reports([document], ["report"], validate=False)
     sweep = plots.sweep_figure(comparison["saes"])
     return ('<section id="overview"><h2>Overview</h2><h3>SAEs side by side</h3>'

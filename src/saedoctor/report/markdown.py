@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from saedoctor.report import sections
+from saedoctor.report.compare_tables import layer_table, side_by_side_table
+from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import config_text, grade_text, prescription_text, site_text
 
 # The guide's own markers, so a pasted report reads like the guide.
@@ -75,9 +77,6 @@ def md_sae(entry: dict[str, Any], corpus: str | None = None) -> list[str]:
 
 
 def md_overview(document: dict[str, Any]) -> list[str]:
-    from saedoctor.report.compare import compare_reports
-    from saedoctor.report.compare_tables import layer_table, side_by_side_table
-
     comparison = compare_reports([document], ["report"], validate=False)
     return ["", "## Overview", "", "### SAEs side by side", "",
             md_table(side_by_side_table(comparison), annotate=True),

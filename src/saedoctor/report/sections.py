@@ -49,6 +49,8 @@ def run_lines(document: dict[str, Any]) -> list[str]:
     versions = run.get("versions") or {}
     if versions:
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if run.get("note"):
+        lines.append(f"note: {run['note']}")
     return lines
 
 

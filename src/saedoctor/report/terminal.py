@@ -11,6 +11,8 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from saedoctor.report import sections
+from saedoctor.report.compare_tables import layer_table, side_by_side_table
+from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import (
     config_text,
     grade_of,
@@ -83,9 +85,6 @@ def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None
 
 def print_overview(document: dict[str, Any], console: Console) -> None:
     """Several SAEs (a layer sweep): side by side, then the guide's layer table."""
-    from saedoctor.report.compare import compare_reports
-    from saedoctor.report.compare_tables import layer_table, side_by_side_table
-
     comparison = compare_reports([document], ["report"], validate=False)
     show(console, side_by_side_table(comparison), "SAEs side by side")
     show(console, layer_table(comparison), "layer-by-layer summary")

@@ -20,15 +20,30 @@ import difflib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from saedoctor import defaults
 from saedoctor.errors import InputError
+from saedoctor.limits import (
+    B_DEC_INITS,
+    LEARNING_RATE_ABOVE,
+    LEARNING_RATE_BELOW,
+    MIN_DEAD_FEATURE_TOKENS,
+    MIN_EXPANSION,
+    MIN_PENALTY,
+    MIN_TOP_K,
+    MIN_TRAINING_TOKENS,
+    PENALTY_FIELDS,
+    TOPK_ARCHITECTURES,
+    TRAINABLE_ARCHITECTURES,
+    dictionary_size,
+    top_k_fits,
+)
+from saedoctor.options import option
 from saedoctor.sae.site import SITE_KINDS
 
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
-B_DEC_INITS = ("mean", "geometric_median", "zeros")
+ARCHITECTURES = TRAINABLE_ARCHITECTURES
 PRECISIONS = ("fp32", "bf16")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("wandb", "tensorboard")
@@ -44,47 +59,66 @@ class TrainConfig:
     """Everything `saedoctor train` takes. SAE fields may differ per layer (`layer_overrides`)."""
 
     # -- the run ------------------------------------------------------------------------
-    model: str = defaults.DEFAULT_MODEL
-    layers: list[int] = field(default_factory=lambda: [defaults.DEFAULT_LAYER])
-    site: str = defaults.DEFAULT_SITE_KIND
-    dataset: str = defaults.DEFAULT_TRAIN_CORPUS
-    text_field: str = "text"
-    training_tokens: int = 500_000  # activation tokens the SAEs train on (counted tokens)
-    context: int = defaults.DEFAULT_CONTEXT
-    batch_size: int = 8  # sequences per LM forward and per SAE micro-batch (x context tokens)
-    gradient_accumulation: int = 1  # micro-batches per optimizer step
-    shuffle_tokens: int = 32_768  # tokens pooled and shuffled before slicing micro-batches
-    include_special: bool = False
-    device: str = "cpu"
-    model_dtype: str = "float32"
-    precision: str = "fp32"  # SAE matmuls: fp32, or bf16 autocast
-    seed: int = 0
+    model: str = option(defaults.DEFAULT_MODEL, help="HF id or local dir; default: embedded")
+    layers: list[int] = option(
+        [defaults.DEFAULT_LAYER], flag="--layer", help="block index (repeatable: one SAE each)")
+    site: str = option(defaults.DEFAULT_SITE_KIND, help=" | ".join(SITE_KINDS))
+    dataset: str = option(
+        defaults.DEFAULT_TRAIN_CORPUS, flag=("--dataset", "--corpus"), help="training corpus")
+    text_field: str = option("text", cli=False, help="text column of jsonl/parquet/HF data")
+    training_tokens: int = option(
+        500_000, flag="--tokens", help="activation tokens the SAEs train on (counted tokens)")
+    context: int = option(defaults.DEFAULT_CONTEXT, help="sequence length")
+    batch_size: int = option(
+        8, help="sequences per LM forward and per SAE micro-batch (x context tokens)")
+    gradient_accumulation: int = option(1, help="micro-batches per optimizer step")
+    shuffle_tokens: int = option(
+        32_768, cli=False, help="tokens pooled and shuffled before slicing micro-batches")
+    include_special: bool = option(False, cli=False, help="train on BOS/EOS/pad positions too")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, mps")
+    model_dtype: str = option("float32", cli=False, help=" | ".join(MODEL_DTYPES))
+    precision: str = option("fp32", help="SAE matmuls: fp32, or bf16 autocast")
+    seed: int = option(0, help="random seed (initialisation, shuffles)")
     # -- the SAE (per-layer overridable) ------------------------------------------------
-    architecture: str = "topk"
-    expansion_factor: float = 8
-    top_k: int = 32
-    l1_penalty: float = 0.0
-    sparsity_penalty: float = 0.0
-    diversity_loss_weight: float = 0.0
-    diversity_target_density: float = 0.5
-    decoder_orthogonality_weight: float = 0.0
-    auxk_alpha: float = 1 / 32
-    dead_feature_threshold: int = DEFAULT_DEAD_TOKENS  # tokens without firing = dead (AuxK)
-    b_dec_init: str = "mean"
-    learning_rate: float | None = None  # None: 2e-4 / sqrt(d_sae / 2**14) (sparsify)
-    lr_warmup_steps: int = 50
-    lr_decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
-    jumprelu_bandwidth: float = 0.05
-    jumprelu_init_threshold: float = 0.01
+    architecture: str = option("topk", help=" | ".join(ARCHITECTURES))
+    expansion_factor: float = option(8, help="d_sae / d_model (>= 1)")
+    top_k: int = option(32, help="active latents per token (topk, batchtopk)")
+    l1_penalty: float = option(0.0, help="L1 sparsity penalty (SAELens l1_coefficient)")
+    sparsity_penalty: float = option(0.0, help="L0 penalty (SAELens l0_coefficient)")
+    diversity_loss_weight: float = option(
+        0.0, help="weight of the loss on latents whose running density passes its target "
+        "(against always-on features)")
+    diversity_target_density: float = option(
+        0.5, cli=False, help="running density above which the diversity loss acts")
+    decoder_orthogonality_weight: float = option(
+        0.0, help="decoder-orthogonality penalty (against absorption)")
+    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss on dead latents")
+    dead_feature_threshold: int = option(
+        DEFAULT_DEAD_TOKENS, help="tokens without firing after which AuxK treats a latent dead")
+    b_dec_init: str = option("mean", help=" | ".join(B_DEC_INITS))
+    learning_rate: float | None = option(
+        None, help="Adam learning rate", shown_default="2e-4 / sqrt(d_sae / 2**14)")
+    lr_warmup_steps: int = option(50, cli=False, help="linear warm-up steps")
+    lr_decay_fraction: float = option(
+        0.2, cli=False, help="linear decay to 0 over this last fraction of the steps")
+    jumprelu_bandwidth: float = option(0.05, cli=False, help="JumpReLU's straight-through width")
+    jumprelu_init_threshold: float = option(
+        0.01, cli=False, help="JumpReLU's initial threshold")
     # -- monitoring, checkpoints ----------------------------------------------------------
-    monitor_every: int | None = None  # steps; None: enough for a 40k-token window
-    always_on_threshold: float = 0.8
-    checkpoint_every: int = 500  # steps; 0: only on Ctrl-C / SIGTERM
-    checkpoint_minutes: float = 10.0  # also after this much wall time; 0: off
-    log_to: list[str] = field(default_factory=list)
-    wandb_project: str = "saedoctor"
-    layer_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    preset: str | None = None
+    monitor_every: int | None = option(
+        None, help="steps between health reports", shown_default="a 40k-token window")
+    always_on_threshold: float = option(
+        0.8, cli=False, help="density above which the monitor calls a latent always-on")
+    checkpoint_every: int = option(500, help="steps; 0: on Ctrl-C / SIGTERM only")
+    checkpoint_minutes: float = option(
+        10.0, cli=False, help="also checkpoint after this much wall time; 0: off")
+    log_to: list[str] = option(
+        [], flag="--log-to", help=" | ".join(LOGGERS) + " (repeatable)")
+    wandb_project: str = option("saedoctor", cli=False, help="W&B project of --log-to wandb")
+    layer_overrides: dict[str, dict[str, Any]] = option(
+        {}, cli=False, help='SAE fields for some layers only: {"22": {...}, "16-28": {...}}')
+    preset: str | None = option(
+        None, cli=False, help="the preset the config started from (`--preset` sets it)")
 
     # ---------------------------------------------------------------------------------
     @property
@@ -232,7 +266,7 @@ def _check_run(cfg: TrainConfig) -> None:
     _choice("site", cfg.site, SITE_KINDS)
     for name in ("context", "batch_size", "gradient_accumulation", "shuffle_tokens"):
         _positive_int(cfg, name, 2 if name == "context" else 1)
-    _positive_int(cfg, "training_tokens")
+    _positive_int(cfg, "training_tokens", MIN_TRAINING_TOKENS)
     if cfg.training_tokens < cfg.tokens_per_step:
         raise InputError(
             f"training_tokens={cfg.training_tokens}: fewer than one optimizer step "
@@ -263,18 +297,17 @@ def _check_sae(cfg: TrainConfig, where: str) -> None:
     _choice(f"{where}architecture", cfg.architecture, ARCHITECTURES)
     _choice(f"{where}b_dec_init", cfg.b_dec_init, B_DEC_INITS)
     ef = cfg.expansion_factor
-    if not isinstance(ef, int | float) or not math.isfinite(ef) or ef < 1:
+    if not isinstance(ef, int | float) or not math.isfinite(ef) or ef < MIN_EXPANSION:
         raise InputError(
             f"{where}expansion_factor={ef!r}: expected >= 1. The expansion factor is d_sae / "
             "d_model; below 1 the dictionary has fewer latents than the model has dimensions "
             "and cannot be overcomplete (the guide's 0.25 / 0.2 / 0.15 are not usable)"
         )
-    if cfg.architecture in ("topk", "batchtopk"):
-        _positive_int(cfg, "top_k")
-    for name in ("l1_penalty", "sparsity_penalty", "diversity_loss_weight",
-                 "decoder_orthogonality_weight", "auxk_alpha"):  # fmt: skip
+    if cfg.architecture in TOPK_ARCHITECTURES:
+        _positive_int(cfg, "top_k", MIN_TOP_K)
+    for name in PENALTY_FIELDS:
         value = getattr(cfg, name)
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < MIN_PENALTY:
             raise InputError(f"{where}{name}={value!r}: expected a number >= 0")
     if cfg.architecture == "relu" and cfg.l1_penalty <= 0 and cfg.sparsity_penalty <= 0:
         raise InputError(
@@ -292,7 +325,9 @@ def _check_sae(cfg: TrainConfig, where: str) -> None:
         )
     _check_dead_threshold(cfg, where)
     lr = cfg.learning_rate
-    if lr is not None and (not isinstance(lr, int | float) or not 0 < lr < 1):
+    if lr is not None and (
+        not isinstance(lr, int | float) or not LEARNING_RATE_ABOVE < lr < LEARNING_RATE_BELOW
+    ):
         raise InputError(f"{where}learning_rate={lr!r}: expected a number in (0, 1)")
     _positive_int(cfg, "lr_warmup_steps", 0)
     if not 0 <= cfg.lr_decay_fraction <= 1:
@@ -303,7 +338,7 @@ def _check_sae(cfg: TrainConfig, where: str) -> None:
 
 def _check_dead_threshold(cfg: TrainConfig, where: str) -> None:
     value = cfg.dead_feature_threshold
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_DEAD_FEATURE_TOKENS:
         raise InputError(
             f"{where}dead_feature_threshold={value!r}: expected a number of tokens (>= 1) "
             "after which a latent that has not fired counts as dead for AuxK, e.g. 100000. "
@@ -322,7 +357,7 @@ def check_against_model(cfg: TrainConfig, n_layers: int, d_model: int, model: st
             )
         sub = cfg.for_layer(layer)
         d_sae = d_sae_for(sub, d_model)
-        if sub.architecture in ("topk", "batchtopk") and sub.top_k > d_sae:
+        if sub.architecture in TOPK_ARCHITECTURES and not top_k_fits(sub.top_k, d_sae):
             raise InputError(
                 f"layer {layer}: top_k={sub.top_k} exceeds the dictionary size d_sae={d_sae} "
                 f"(expansion_factor {sub.expansion_factor} x d_model {d_model})"
@@ -330,4 +365,4 @@ def check_against_model(cfg: TrainConfig, n_layers: int, d_model: int, model: st
 
 
 def d_sae_for(cfg: TrainConfig, d_in: int) -> int:
-    return max(1, round(cfg.expansion_factor * d_in))
+    return dictionary_size(cfg.expansion_factor, d_in)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from saedoctor.errors import InputError
-from saedoctor.train.config import ALIASES, ARCHITECTURES, TrainConfig, with_changes
+from saedoctor.limits import TOPK_ARCHITECTURES, top_k_fits
+from saedoctor.train.config import ALIASES, ARCHITECTURES, TrainConfig, d_sae_for, with_changes
 
 NOT_TRAINING = {"eval_tokens": "a `saedoctor diagnose --tokens` option, not a training setting"}
 _QUICK_NAMES = {"k": "top_k", "dead_tokens_threshold": "dead_feature_threshold",
@@ -87,32 +88,128 @@ def base_config(entry: dict[str, Any], run: dict[str, Any]) -> TrainConfig:
 
 
 def apply_prescriptions(
-    cfg: TrainConfig, prescriptions: list[dict[str, Any]], source: str
+    cfg: TrainConfig, prescriptions: list[dict[str, Any]], source: str, d_in: int | None = None
 ) -> tuple[TrainConfig, list[Change], list[tuple[str, str]]]:
-    """`cfg` with every prescription applied; returns it, the changes and the skipped ones."""
+    """`cfg` with every prescription applied; returns it, the changes and the skipped ones.
+
+    A prescription is skipped only when it is what makes the config invalid (with `d_in`, a
+    top_k larger than the dictionary counts too). One that fails only because the config was
+    already invalid waits for the others, since one of them may fix it (an expansion_factor
+    below 1 raised to 1); if none does, the config's own fault is raised.
+    """
     changes: list[Change] = []
     skipped: list[tuple[str, str]] = []
+    pending = []
     for p in prescriptions:
-        field, new, why = p.get("field"), p.get("new"), str(p.get("why") or "")
-        if not isinstance(field, str):
+        if not isinstance(p.get("field"), str):
             continue
-        if field in NOT_TRAINING:
-            skipped.append((field, NOT_TRAINING[field]))
-            continue
-        key = "layers" if field == "layer" else ALIASES.get(field, field)
-        old = getattr(cfg, key, None)
-        value = [int(new)] if key == "layers" else new
-        try:
-            cfg = with_changes(cfg, {key: value}, source).validate()
-        except InputError as e:
-            skipped.append((field, str(e)))
-            continue
-        changes.append(Change(field, old[0] if key == "layers" and old else old, new, why))
-        if field == "architecture" and new in ("topk", "batchtopk") and cfg.l1_penalty > 0:
-            changes.append(Change("l1_penalty", cfg.l1_penalty, 0.0,
-                                  "TopK sets L0 with top_k: no L1 penalty"))  # fmt: skip
-            cfg = with_changes(cfg, {"l1_penalty": 0.0}, source)
-    return cfg.validate(), changes, skipped
+        if p["field"] in NOT_TRAINING:
+            skipped.append((p["field"], NOT_TRAINING[p["field"]]))
+        else:
+            pending.append(p)
+    while pending:
+        cfg, pending = _apply_each(cfg, pending, source, d_in, changes, skipped)
+        if pending:
+            cfg, pending = _apply_together(cfg, pending, source, d_in, changes, skipped)
+    if (problem := _problem(cfg, d_in)) is not None:
+        raise InputError(f"{source}: {problem}")
+    return cfg, changes, skipped
+
+
+def _apply_each(cfg: TrainConfig, pending: list[dict[str, Any]], source: str, d_in: int | None,
+                changes: list[Change], skipped: list[tuple[str, str]]
+                ) -> tuple[TrainConfig, list[dict[str, Any]]]:  # fmt: skip
+    """Each prescription alone, again while any applies; returns those waiting on the base."""
+    progress = True
+    while pending and progress:
+        progress, waiting = False, []
+        for p in pending:
+            new_cfg, error = _applied(cfg, [p], source, d_in)
+            if error is None:
+                cfg, progress = _record(cfg, new_cfg, [p], source, changes), True
+            elif _problem(cfg, d_in) is not None:
+                waiting.append(p)
+            else:
+                skipped.append((p["field"], error))
+        pending = waiting
+    return cfg, pending
+
+
+def _apply_together(cfg: TrainConfig, pending: list[dict[str, Any]], source: str,
+                    d_in: int | None, changes: list[Change], skipped: list[tuple[str, str]]
+                    ) -> tuple[TrainConfig, list[dict[str, Any]]]:  # fmt: skip
+    """Prescriptions that fix the base only together (a wider dictionary and a smaller k),
+    else all but one of them (that one skipped); else none."""
+    new_cfg, _ = _applied(cfg, pending, source, d_in)
+    if _problem(new_cfg, d_in) is None:
+        return _record(cfg, new_cfg, pending, source, changes), []
+    for p in pending:
+        rest = [q for q in pending if q is not p]
+        new_cfg, error = _applied(cfg, rest, source, d_in)
+        if rest and error is None:
+            skipped.append((p["field"], _applied(new_cfg, [p], source, d_in)[1] or ""))
+            return _record(cfg, new_cfg, rest, source, changes), []
+    return cfg, []  # nothing fixes the base: the caller raises its fault
+
+
+def _record(cfg: TrainConfig, new_cfg: TrainConfig, applied: list[dict[str, Any]], source: str,
+            changes: list[Change]) -> TrainConfig:  # fmt: skip
+    for p in applied:
+        changes.append(_change(cfg, p))
+        new_cfg, dropped = _without_l1_for_topk(new_cfg, p, source)
+        changes += dropped
+    return new_cfg
+
+
+def _applied(
+    cfg: TrainConfig, prescriptions: list[dict[str, Any]], source: str, d_in: int | None
+) -> tuple[TrainConfig, str | None]:
+    """`cfg` with these prescriptions set, and why it cannot be trained (None: it can)."""
+    values = {}
+    for p in prescriptions:
+        key = _key(p["field"])
+        values[key] = [int(p["new"])] if key == "layers" else p["new"]
+    try:
+        new_cfg = with_changes(cfg, values, source)
+    except (InputError, TypeError, ValueError) as e:
+        return cfg, str(e)
+    return new_cfg, _problem(new_cfg, d_in)
+
+
+def _problem(cfg: TrainConfig, d_in: int | None) -> str | None:
+    """Why `cfg` cannot be trained (over a d_in-wide site when known), or None."""
+    try:
+        cfg.validate()
+    except InputError as e:
+        return str(e)
+    if not d_in or cfg.architecture not in TOPK_ARCHITECTURES:
+        return None
+    d_sae = d_sae_for(cfg, d_in)
+    if top_k_fits(cfg.top_k, d_sae):
+        return None
+    return (f"top_k={cfg.top_k} exceeds the dictionary size d_sae={d_sae} "
+            f"(expansion_factor {cfg.expansion_factor} x d_in {d_in})")  # fmt: skip
+
+
+def _key(field: str) -> str:
+    return "layers" if field == "layer" else ALIASES.get(field, field)
+
+
+def _change(cfg: TrainConfig, p: dict[str, Any]) -> Change:
+    key = _key(p["field"])
+    old = getattr(cfg, key, None)
+    if key == "layers":
+        old = old[0] if old else old
+    return Change(p["field"], old, p["new"], str(p.get("why") or ""))
+
+
+def _without_l1_for_topk(
+    cfg: TrainConfig, p: dict[str, Any], source: str
+) -> tuple[TrainConfig, list[Change]]:
+    if p["field"] != "architecture" or p["new"] not in TOPK_ARCHITECTURES or cfg.l1_penalty <= 0:
+        return cfg, []
+    dropped = Change("l1_penalty", cfg.l1_penalty, 0.0, "TopK sets L0 with top_k: no L1 penalty")
+    return with_changes(cfg, {"l1_penalty": 0.0}, source), [dropped]
 
 
 def plan_from_report(path: str | Path, select: list[str] | None = None) -> list[Planned]:
@@ -129,7 +226,9 @@ def plan_from_document(document: dict[str, Any], select: list[str] | None = None
     for entry in _select(entries, select, source):
         base = base_config(entry, document.get("run") or {})
         prescriptions = entry.get("prescriptions") or []
-        cfg, changes, skipped = apply_prescriptions(base, prescriptions, source)
+        d_in = (entry.get("config") or {}).get("d_in")
+        d_in = d_in if isinstance(d_in, int) and not isinstance(d_in, bool) else None
+        cfg, changes, skipped = apply_prescriptions(base, prescriptions, source, d_in)
         plans.append(Planned(entry.get("name", "?"), base, cfg, changes, skipped))
     return plans
 

@@ -26,7 +26,6 @@ import torch
 from rich.console import Console, Group
 from rich.live import Live
 
-from saedoctor import __version__
 from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.progress import stderr_console
@@ -46,6 +45,7 @@ from saedoctor.train.monitor import (
 )
 from saedoctor.train.ranks import TrainRanks, no_interrupt_mid_pool, train_ranks
 from saedoctor.train.sae_trainer import TrainableSAE
+from saedoctor.version import __version__
 
 SUMMARY_FILE = "train.json"
 METRICS_FILE = "metrics.jsonl"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num
 from saedoctor.health.policy import PROBLEMS
 from saedoctor.health.rules.common import halve_expansion, may_shrink_dictionary
@@ -44,8 +45,8 @@ def _evidence(entry: dict[str, Any], value: float, status: str) -> list[str]:
 
 def _prescriptions(entry: dict[str, Any], ctx: Context) -> list[Prescription]:
     old = numeric_old(entry, "decoder_orthogonality_weight")
-    new = ORTHOGONALITY_WEIGHT if not old else tidy(old * 2)
+    new = tidy(old * 2) if old is not None and old > 0 else ORTHOGONALITY_WEIGHT
     found = [prescribe(entry, "decoder_orthogonality_weight", new, "push duplicate rows apart")]
     if may_shrink_dictionary(ctx):
         found += halve_expansion(entry, "a smaller dictionary has less room for duplicates")
-    return found
+    return within_limits(entry, found)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import ids, num, pct, plural
-from saedoctor.health.training import old_value, prescribe
+from saedoctor.health.training import numeric_old, old_value, prescribe, tidy
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
 from saedoctor.health.values import as_number
 
@@ -127,9 +128,10 @@ def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription
             else "measured: b_dec at the data mean removed every always-on latent (16 -> 0) "
             "where a diversity loss alone cost reconstruction"
         )
-        return [prescribe(entry, "b_dec_init", "mean", why)]
-    old_weight = as_number(old_value(entry, "diversity_loss_weight"))
-    weight = DIVERSITY_WEIGHT if not old_weight else old_weight * 2
+        return within_limits(entry, [prescribe(entry, "b_dec_init", "mean", why)])
+    old_weight = numeric_old(entry, "diversity_loss_weight")
+    in_use = old_weight is not None and old_weight > 0
+    weight = tidy(old_weight * 2) if in_use else DIVERSITY_WEIGHT
     found = [
         prescribe(
             entry,
@@ -142,4 +144,4 @@ def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription
     if old_init == "mean":
         robust = "a robust centre when the mean is pulled by outlier tokens"
         found.append(prescribe(entry, "b_dec_init", "geometric_median", robust))
-    return found
+    return within_limits(entry, found)

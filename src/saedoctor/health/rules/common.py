@@ -13,9 +13,8 @@ from typing import Any
 from saedoctor.health.policy import PROBLEMS
 from saedoctor.health.training import numeric_old, prescribe, tidy
 from saedoctor.health.types import Context, Prescription
-
-# SPEC §4: an expansion_factor below 1 makes the dictionary narrower than the model: never.
-MIN_EXPANSION = 1
+from saedoctor.health.values import as_number
+from saedoctor.limits import MIN_EXPANSION, dictionary_size
 
 
 def may_shrink_dictionary(ctx: Context) -> bool:
@@ -31,8 +30,22 @@ def may_grow_dictionary(ctx: Context) -> bool:
 def halve_expansion(entry: dict[str, Any], why: str) -> list[Prescription]:
     old = numeric_old(entry, "expansion_factor")
     if old is None or old <= MIN_EXPANSION:
-        return []
-    return [prescribe(entry, "expansion_factor", tidy(max(MIN_EXPANSION, old / 2)), why)]
+        return []  # nothing narrower is trainable
+    return [prescribe(entry, "expansion_factor", _halved(old), why)]
+
+
+def _halved(expansion: float) -> float | int:
+    return tidy(max(MIN_EXPANSION, expansion / 2))
+
+
+def smallest_d_sae(entry: dict[str, Any], ctx: Context) -> int | None:
+    """The dictionary a shrinking rule may leave this SAE: a top_k prescribed by another rule
+    must fit it once the prescriptions are merged. None: no rule shrinks it (or unknown)."""
+    old = numeric_old(entry, "expansion_factor")
+    d_in = as_number((entry.get("config") or {}).get("d_in"))
+    if not may_shrink_dictionary(ctx) or old is None or not d_in or d_in < 1:
+        return None
+    return dictionary_size(_halved(old), int(d_in))
 
 
 def double_expansion(entry: dict[str, Any], why: str) -> list[Prescription]:

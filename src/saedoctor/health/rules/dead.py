@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num, plural
 from saedoctor.health.policy import PROBLEMS
 from saedoctor.health.rules.common import double_tokens, halve_expansion, may_shrink_dictionary
@@ -92,7 +93,7 @@ def _training_fixes(entry: dict[str, Any], ctx: Context) -> list[Prescription]:
                 "TopK with AuxK keeps latents alive without an L1 penalty pushing them to zero",
             )
         )
-    if not numeric_old(entry, "auxk_alpha"):
+    if (numeric_old(entry, "auxk_alpha") or 0) <= 0:
         found.append(
             prescribe(
                 entry,
@@ -104,4 +105,4 @@ def _training_fixes(entry: dict[str, Any], ctx: Context) -> list[Prescription]:
     if may_shrink_dictionary(ctx):
         found += halve_expansion(entry, "fewer latents for the same data: fewer starve and die")
     found += double_tokens(entry, "more data gives rare latents enough examples to stay alive")
-    return found
+    return within_limits(entry, found)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num
 from saedoctor.health.intervals import span
 from saedoctor.health.policy import PROBLEMS
-from saedoctor.health.rules.common import scaled_penalties
+from saedoctor.health.rules.common import scaled_penalties, smallest_d_sae
 from saedoctor.health.training import is_topk, numeric_old, prescribe, tidy
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
 
@@ -35,7 +36,7 @@ def l0_out_of_range(entry: dict[str, Any], ctx: Context) -> Diagnosis | None:
             *_k_evidence(entry),
         ],
         _HIGH if too_high else _LOW,
-        _prescriptions(entry, too_high),
+        within_limits(entry, _prescriptions(entry, too_high), smallest_d_sae(entry, ctx)),
     )
 
 

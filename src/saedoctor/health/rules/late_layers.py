@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import pct
 from saedoctor.health.policy import HEALTHY, PROBLEMS
 from saedoctor.health.training import prescribe
@@ -92,4 +93,4 @@ def _use_healthy_layer(points: dict[int, Graded], layers: list[int]) -> list[Pre
         return []
     deepest = points[layers[-1]].entry
     why = f"layer {healthy[-1]} is the deepest that still reconstructs well"
-    return [prescribe(deepest, "layer", healthy[-1], why)]
+    return within_limits(deepest, [prescribe(deepest, "layer", healthy[-1], why)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num, pct
 from saedoctor.health.training import prescribe
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis
@@ -158,4 +159,5 @@ def _dataset(entry: dict[str, Any], target: str | None) -> list[Prescription]:
         return []
     base = target.split("@", 1)[0]
     new = f"{base}@train" if "@" in target else target
-    return [prescribe(entry, "dataset", new, f"train on the domain it is evaluated on ({target})")]
+    why = f"train on the domain it is evaluated on ({target})"
+    return within_limits(entry, [prescribe(entry, "dataset", new, why)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import graded_recon, num, pct
 from saedoctor.health.policy import PROBLEMS
 from saedoctor.health.rules.common import (
@@ -11,6 +12,7 @@ from saedoctor.health.rules.common import (
     double_tokens,
     may_grow_dictionary,
     scaled_penalties,
+    smallest_d_sae,
 )
 from saedoctor.health.training import is_topk, numeric_old, prescribe
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
@@ -66,7 +68,7 @@ def _prescriptions(entry: dict[str, Any], ctx: Context) -> list[Prescription]:
     if may_grow_dictionary(ctx):
         found += double_expansion(entry, "more latents to cover what is left unexplained")
     found += double_tokens(entry, "training longer lowers reconstruction error")
-    return found
+    return within_limits(entry, found, smallest_d_sae(entry, ctx))
 
 
 def _l0_above_healthy(ctx: Context) -> bool:

@@ -1,0 +1,40 @@
+"""`saedoctor demo`: the guide's layer sweep on the embedded default (train/demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from saedoctor.commands.exit_status import EXIT_INTERRUPTED, handled_errors
+from saedoctor.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="demo")(demo_command)
+
+
+def demo_command(
+    tokens: Annotated[int, typer.Option(help="training tokens per SAE (one shared stream)")] = (
+        300_000
+    ),
+    eval_tokens: Annotated[int, typer.Option(help="tokens for the diagnosis")] = 40_000,
+    layers: Annotated[str, typer.Option(help="comma-separated blocks")] = "4,10,16,22,28",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("sae_runs/demo"),
+    quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+) -> None:
+    """Train SAEs at the guide's layers on the embedded default, diagnose them, compare."""
+    from saedoctor.train.demo import run_demo
+    from saedoctor.train.trainer import TrainingInterrupted
+
+    with handled_errors():
+        try:
+            layer_list = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError as e:
+            raise InputError(f"--layers {layers!r}: expected comma-separated integers") from e
+        try:
+            run_demo(layer_list, tokens, eval_tokens, out, quiet)
+        except TrainingInterrupted as e:
+            typer.echo(f"saedoctor: {e}; run the same `saedoctor demo` again to resume", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
