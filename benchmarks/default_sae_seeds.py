@@ -1,6 +1,6 @@
 """How much the default SAE's health moves from one training seed to the next.
 
-    .venv/bin/python benchmarks/default_sae_seeds.py [--seeds 1 2] [--quick] [--out DIR]
+    .venv/bin/python benchmarks/default_sae_seeds.py [--seeds 1 2] [--jobs 2] [--quick] [--out DIR]
 
 The shipped default SAE (package data, `src/saedoctor/data/default_sae`) was trained by the
 command recorded in its `cfg.json` (`saedoctor.train.default.train_command`, seed 0). This
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +37,22 @@ METRICS = ("variance_explained", "loss_recovered", "l0", "dead_pct", "always_on_
 QUICK_TOKENS = 2048
 
 
-def train_seeds(seeds: list[int], work: Path, quick: bool) -> dict[int, Path]:
-    """One float16 SAE per seed, built by the recorded command (`--quick`: random SAEs of the
-    default's shape instead, to exercise the rest of the script in seconds)."""
+def train_seeds(seeds: list[int], work: Path, quick: bool, jobs: int) -> dict[int, Path]:
+    """One float16 SAE per seed, built by the recorded command, `jobs` at a time (each
+    training child then gets its share of the cores). `--quick`: random SAEs of the default's
+    shape instead, to exercise the rest of the script in seconds."""
     from saedoctor.train import default as default_sae
 
-    paths = {}
-    for seed in seeds:
-        out = work / f"seed{seed}"
-        if quick:
-            from _fixtures import random_default_shape_sae
+    if quick:
+        from _fixtures import random_default_shape_sae
 
-            paths[seed] = random_default_shape_sae(out)
-            continue
-        start = time.perf_counter()
-        paths[seed] = default_sae.build_default_sae(out, seed)
-        print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return paths
+        return {seed: random_default_shape_sae(work / f"seed{seed}") for seed in seeds}
+    if jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        built = pool.map(lambda seed: default_sae.build_default_sae(work / f"seed{seed}", seed),
+                         seeds)  # fmt: skip
+        return dict(zip(seeds, built, strict=True))
 
 
 def diagnose_all(paths: dict[str, Path], quick: bool) -> dict[str, dict[str, Any]]:
@@ -86,13 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
                         help="seeds to train besides the shipped seed 0")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once (the outcome does not depend on it)")
     _results.add_arguments(parser)
     args = parser.parse_args()
     from saedoctor import defaults
     from saedoctor.sae.loaders import load_sae
 
     with tempfile.TemporaryDirectory(prefix="saedoctor-seeds-") as tmp:
-        trained = train_seeds(args.seeds, Path(tmp), args.quick)
+        trained = train_seeds(args.seeds, Path(tmp), args.quick, args.jobs)
         paths = {"seed0 (shipped)": defaults.default_sae_dir(),
                  **{f"seed{s}": p for s, p in trained.items()}}  # fmt: skip
         wall = {f"seed{s}": load_sae(p).cfg.metadata.get("build", {}).get("train_wall_s")
