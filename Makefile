@@ -42,7 +42,7 @@ bench: setup
 # then every figure the docs cite, against the new results. Slower ones, run by hand
 # (benchmarks/README.md):
 #   $(BIN)/python benchmarks/demo_time.py        # 5 x `saedoctor demo`: about 75 min
-#   $(BIN)/python benchmarks/first_run.py        # make setup (network) + 3 x `make demo`, empty caches: about 25 min
+#   $(BIN)/python benchmarks/first_run.py        # make setup (network) + 5 x `make demo`, empty caches: about 20 min
 #   $(BIN)/python benchmarks/test_time.py        # make setup (network) + 3 x `make test`
 #   $(BIN)/python benchmarks/peer_agreement.py --full-timing   # timed at 16 384 tokens: about 45 min
 #   benchmarks/gpu_scale.py, benchmarks/cuda_paths.py: need a CUDA GPU
