@@ -37,17 +37,17 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/metric_overhead.py
 
-# Every benchmark whose full run fits in 30 minutes on 2 cores, one after another (about 80
+# Every benchmark whose full run fits in 30 minutes on 2 cores, one after another (about 100
 # minutes in all; on an otherwise idle machine), each writing benchmarks/results/<name>.json;
 # then every figure the docs cite, against the new results. Slower ones, run by hand
 # (benchmarks/README.md):
 #   $(BIN)/python benchmarks/demo_time.py        # 5 x `saedoctor demo`: about 75 min
-#   $(BIN)/python benchmarks/first_run.py        # make setup (network) + 5 x `make demo`, empty caches: about 20 min
 #   $(BIN)/python benchmarks/test_time.py        # make setup (network) + 3 x `make test`
 #   $(BIN)/python benchmarks/peer_agreement.py --full-timing   # timed at 16 384 tokens: about 45 min
 #   benchmarks/gpu_scale.py, benchmarks/cuda_paths.py: need a CUDA GPU
 .PHONY: figures
 figures: setup
+	$(BIN)/python benchmarks/first_run.py
 	$(BIN)/python benchmarks/model_load.py
 	$(BIN)/python benchmarks/metric_overhead.py
 	$(BIN)/python benchmarks/absorption_scale.py
@@ -57,7 +57,9 @@ figures: setup
 	$(BIN)/python benchmarks/prescription_ab.py --threads 1
 	$(BIN)/python benchmarks/train_presets.py --threads 1
 	$(BIN)/python benchmarks/peer_agreement.py
-	$(BIN)/python benchmarks/figures.py --list
+	$(BIN)/python benchmarks/default_sae_seeds.py --jobs 2
+	$(BIN)/python benchmarks/figures.py --update
+	$(BIN)/python benchmarks/figures.py --check
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

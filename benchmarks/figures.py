@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/figures.py --check   # exit 1 listing every mismatch
     .venv/bin/python benchmarks/figures.py --list    # every cited figure, shown and expected
+    .venv/bin/python benchmarks/figures.py --update  # rewrite each figure's text from its result
 
 A figure cites its result with an invisible HTML comment pair around the figure's text:
 
@@ -356,6 +357,44 @@ def listing(root: Path = REPO, results_dir: Path | None = None) -> list[str]:
     return lines
 
 
+def update(root: Path = REPO, results_dir: Path | None = None) -> list[str]:
+    """Rewrite every resolvable figure's TEXT with its result's value; the figures changed."""
+    results = _Results(results_dir or root / RESULTS_SUBDIR)
+    changed = []
+    for doc in markdown_files(root):
+        text = doc.read_text(encoding="utf-8")
+        spans = _figure_spans(text, doc)
+        for fig, start, end in reversed(spans):
+            try:
+                expected = expected_text(fig, results)
+            except (KeyNotFound, ValueError, TypeError):
+                continue
+            if expected != fig.shown:
+                text = text[:start] + expected + text[end:]
+                changed.append(f"{_rel(doc, root)}:{fig.line}\t{fig.cite()}\t"
+                               f"{fig.shown!r} -> {expected!r}")  # fmt: skip
+        if spans and text != doc.read_text(encoding="utf-8"):
+            doc.write_text(text, encoding="utf-8")
+    return changed
+
+
+def _figure_spans(text: str, doc: Path) -> list[tuple[Figure, int, int]]:
+    """Each well-formed figure with the offsets of its TEXT."""
+    masked = _mask_code(text)
+    spans = []
+    for opener in _OPEN.finditer(masked):
+        head = _HEAD.match(opener["head"])
+        close = _CLOSE.search(masked, opener.end())
+        following = _OPEN.search(masked, opener.end())
+        if head is None or close is None or (following and following.start() < close.start()):
+            continue
+        line = masked.count("\n", 0, opener.start()) + 1
+        shown = re.sub(r"[ \t]*\n[ \t]*", " ", text[opener.end() : close.start()])
+        figure = Figure(doc, line, head["file"], head["key"], head["fmt"], shown)
+        spans.append((figure, opener.end(), close.start()))
+    return spans
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
@@ -370,11 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--check", action="store_true", help="exit 1 listing mismatches (default)")
     what.add_argument("--list", action="store_true", help="print every cited figure")
+    what.add_argument("--update", action="store_true",
+                      help="rewrite each figure's text from its result file")  # fmt: skip
     parser.add_argument("--root", type=Path, default=REPO, help="repository root")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(listing(args.root)) or "no fig markers")
         return 0
+    if args.update:
+        print("\n".join(update(args.root)) or "every figure already matches its result")
     problems = check(args.root)
     for problem in problems:
         print(problem.show(args.root))

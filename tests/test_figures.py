@@ -112,6 +112,19 @@ def test_an_edited_figure_in_a_reflowed_paragraph_is_caught(tmp_path: Path) -> N
     assert [(p.line, "shows '16 385'" in p.message) for p in problems] == [(4, True)]
 
 
+def test_update_rewrites_stale_figures_and_leaves_code_alone(tmp_path: Path) -> None:
+    stale = README.replace("-->0.623<!--", "-->0.653<!--").replace("-->16\n384<!--", "-->9<!--")
+    root = toy_repo(tmp_path, stale)
+    assert len(figures.check(root)) == 2
+    changed = figures.update(root)
+    assert len(changed) == 2 and "'0.653' -> '0.623'" in changed[-1] + changed[0]
+    assert figures.check(root) == []
+    text = (root / "README.md").read_text()
+    assert "-->16 384<!--" in text
+    assert "not checked: inside a code block" in text
+    assert figures.update(root) == []
+
+
 def test_missing_file_key_and_malformed_markers_are_reported(tmp_path: Path) -> None:
     broken = (
         "a <!-- fig nope.json wall.median s0 -->82 s<!-- /fig -->\n"

@@ -115,7 +115,7 @@ CENTRED_INITS = ("mean", "geometric_median")
 
 def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription]:
     # Measured on the default model (docs/training.md, benchmarks/prescription_ab.py):
-    # b_dec at the data mean removed every always-on latent (16 -> 0) and raised variance
+    # b_dec at the data mean removed every always-on latent and raised variance
     # explained; the diversity loss alone also removed them but lost reconstruction and
     # killed latents, and with b_dec already at the mean it never engaged. So b_dec comes
     # first, and the diversity loss only once b_dec already starts at the centre.
@@ -125,8 +125,8 @@ def _prescriptions(entry: dict[str, Any], bias: list[dict]) -> list[Prescription
             "a decoder row is the mean direction: start b_dec at the data mean so no latent "
             "learns it"
             if bias
-            else "measured: b_dec at the data mean removed every always-on latent (16 -> 0) "
-            "where a diversity loss alone cost reconstruction"
+            else "measured (benchmarks/results/prescription_ab.json): b_dec at the data mean "
+            "removed every always-on latent where a diversity loss alone cost reconstruction"
         )
         return within_limits(entry, [prescribe(entry, "b_dec_init", "mean", why)])
     old_weight = numeric_old(entry, "diversity_loss_weight")
