@@ -46,6 +46,9 @@ ENVELOPE_KEYS = ("benchmark", "machine", "versions", "date", "duration_s", "comm
 PACKAGES = ("torch", "transformers", "saedoctor", "sae-lens", "transformer-lens")
 # Thread settings change timings: they are part of the command that reproduces a run.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Environment that changes what a run does, recorded in its command: thread counts, and CI
+# (under it, a test whose peer or chromium is missing fails instead of skipping).
+RECORDED_VARS = (*THREAD_VARS, "CI")
 
 
 # -- the envelope ---------------------------------------------------------------------------
@@ -118,7 +121,7 @@ def command(argv: Sequence[str] | None = None) -> str:
         script_text = str(script.relative_to(REPO))
     except ValueError:
         script_text = argv[0]
-    env = [f"{var}={os.environ[var]}" for var in THREAD_VARS if var in os.environ]
+    env = [f"{var}={os.environ[var]}" for var in RECORDED_VARS if var in os.environ]
     return shlex.join([*env, ".venv/bin/python", script_text, *argv[1:]])
 
 
