@@ -219,10 +219,14 @@ def test_alternate_interleaves_after_a_warm_up() -> None:
 
 def test_envelope_and_writer(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
     argv = [str(REPO / "benchmarks" / "toy.py"), "--tokens", "4 096"]
     assert _results.command(argv) == "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/toy.py " \
                                      "--tokens '4 096'"  # fmt: skip
     assert shlex.split(_results.command(argv))[3:] == ["--tokens", "4 096"]
+    monkeypatch.setenv("CI", "1")  # recorded: under CI a missing peer fails instead of skipping
+    assert _results.command(argv).startswith("OMP_NUM_THREADS=1 CI=1 .venv/bin/python ")
     monkeypatch.setattr(sys, "argv", argv)
     path = _results.write_result("toy", {"wall": _results.timing([1.0] * 5)}, tmp_path,
                                  started=0.0, quick=False, markdown="| a |\n")  # fmt: skip
