@@ -53,10 +53,12 @@ def test_in_memory_run_interrupted_by_ctrl_c_resumes_to_the_same_weights(tmp_pat
     )  # fmt: skip
     reference = train_on_activations(cfg, x, tmp_path / "ref")
     out = tmp_path / "run"
+    # Whatever SIGINT's disposition was (a job started in the background inherits it ignored).
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as err:
         train_on_activations(cfg, x, out, on_step=_ctrl_c_at(23))
     assert err.value.step == 23 and (out / CHECKPOINT_FILE).is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     resumed = train_on_activations(cfg, x, out, resume=True)
     _assert_same_saes(reference, resumed)
     assert resumed.steps == reference.steps == cfg.total_steps
