@@ -141,9 +141,12 @@ def build_saes(args: argparse.Namespace, hf_model: Any, tokenizer: Any) -> dict[
 
 
 def train_saes(hf_model: Any, tokenizer: Any, layers: list[int], tokens: int) -> dict[int, Any]:
+    """TopK SAEs (x8, k 32, AuxK 1/32) trained by saedoctor's own trainer on `tokens`
+    activations per layer."""
     from saedoctor.activations.stream import site_batches
     from saedoctor.sae.site import Site
-    from saedoctor.train.quick import QuickTrainConfig, train_topk_sae
+    from saedoctor.train.config import TrainConfig
+    from saedoctor.train.trainer import train_on_activations
 
     sites = [Site(layer) for layer in layers]
     acts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
@@ -153,7 +156,10 @@ def train_saes(hf_model: Any, tokenizer: Any, layers: list[int], tokens: int) ->
             acts[s].append(sb.acts[s])
     out = {}
     for s in sites:
-        sae = train_topk_sae(acts.pop(s), hf_model.config.hidden_size, QuickTrainConfig(), site=s)
+        x = torch.cat(acts.pop(s)).float()
+        cfg = TrainConfig(layers=[s.layer], expansion_factor=8, top_k=32, auxk_alpha=1 / 32,
+                          training_tokens=x.shape[0], checkpoint_every=0)  # fmt: skip
+        (sae,) = train_on_activations(cfg, x, corpus=MEAN_CORPUS).saes.values()
         sae.cfg.model_name = "SmolLM2-135M-Instruct"
         out[s.layer] = sae
     return out

@@ -20,6 +20,7 @@ from saedoctor.health.diagnosis import merge_prescriptions
 from saedoctor.health.grading import grade_entry
 from saedoctor.health.rules import ENTRY_RULES
 from saedoctor.health.types import Context
+from saedoctor.sae.arch import TOPK_ARCHITECTURES, TRAINABLE_ARCHITECTURES
 from saedoctor.train import config as train_config
 from saedoctor.train.config import TrainConfig, check_against_model, d_sae_for
 from saedoctor.train.prescription import NOT_TRAINING, apply_prescriptions, base_config
@@ -100,7 +101,7 @@ def retrained(entry: dict[str, Any], run: dict[str, Any], prescriptions: list) -
     training = [p for p in prescriptions if p["field"] not in NOT_TRAINING]
     assert {c.field for c in changes} >= {p["field"] for p in training}
     check_against_model(cfg, N_LAYERS, d_in, "m")
-    if cfg.architecture in limits.TOPK_ARCHITECTURES:
+    if cfg.architecture in TOPK_ARCHITECTURES:
         assert cfg.top_k < d_sae_for(cfg, d_in)  # below the dictionary: still a sparse code
     return cfg
 
@@ -239,7 +240,7 @@ def test_a_top_k_larger_than_the_dictionary_is_skipped_with_the_site_width() -> 
 
 
 def test_train_config_uses_the_shared_limits() -> None:
-    assert train_config.ARCHITECTURES == limits.TRAINABLE_ARCHITECTURES
+    assert train_config.ARCHITECTURES == TRAINABLE_ARCHITECTURES
     assert train_config.B_DEC_INITS == limits.B_DEC_INITS
     with pytest.raises(InputError, match="expansion_factor=0.99"):
         TrainConfig(expansion_factor=limits.MIN_EXPANSION - 0.01).validate()

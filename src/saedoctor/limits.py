@@ -17,8 +17,6 @@ MIN_PENALTY = 0  # every loss coefficient and weight: >= 0 and finite
 LEARNING_RATE_ABOVE = 0.0
 LEARNING_RATE_BELOW = 1.0
 
-TRAINABLE_ARCHITECTURES: tuple[str, ...] = ("topk", "batchtopk", "relu", "jumprelu")
-TOPK_ARCHITECTURES: tuple[str, ...] = ("topk", "batchtopk")
 B_DEC_INITS: tuple[str, ...] = ("mean", "geometric_median", "zeros")
 PENALTY_FIELDS: tuple[str, ...] = (
     "l1_penalty",

@@ -26,10 +26,10 @@ from saedoctor.limits import (
     MIN_TOP_K,
     MIN_TRAINING_TOKENS,
     PENALTY_FIELDS,
-    TRAINABLE_ARCHITECTURES,
     dictionary_size,
     largest_useful_top_k,
 )
+from saedoctor.sae.arch import TRAINABLE_ARCHITECTURES
 
 NARROW_WHY = (
     "x{old} is narrower than the model: `saedoctor train` builds dictionaries at least as wide "

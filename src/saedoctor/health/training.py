@@ -12,7 +12,7 @@ from typing import Any
 
 from saedoctor.health.types import Prescription
 from saedoctor.health.values import as_number, site_layer
-from saedoctor.limits import TOPK_ARCHITECTURES
+from saedoctor.sae.arch import TOPK_ARCHITECTURES
 
 # Guide name -> names a trainer config may use for it, most specific first.
 ALIASES: dict[str, tuple[str, ...]] = {

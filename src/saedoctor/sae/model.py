@@ -1,8 +1,12 @@
-"""One SAE module for every architecture saedoctor reads: relu, topk, batchtopk, jumprelu, gated.
+"""One sparse dictionary for every kind saedoctor reads and trains: an encoder reading an
+input site, a decoder writing to an output site, an optional linear skip, and an activation
+from the registry (`sae.arch`: relu, topk, batchtopk, jumprelu, gated).
 
-Weights follow SPEC §1: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
-`b_dec [d_in]`, plus `threshold` (jumprelu, batchtopk in threshold mode) and the gated
-`b_gate`, `r_mag`, `b_mag`.
+An SAE is the case input site = output site (`d_out = d_in`, no skip); a per-layer
+transcoder reads `mlp_in` at block L and writes `mlp_out` at block L (`d_out` may differ,
+`W_skip [d_in, d_out]` optional). Weights follow SPEC §1: `W_enc [d_in, d_sae]`,
+`b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`, plus the activation's own tensors
+(`threshold`; gated `b_gate`, `r_mag`, `b_mag`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from saedoctor.errors import InputError
+from saedoctor.sae.arch import ARCHITECTURES, TOPK_ARCHITECTURES, get_architecture
+from saedoctor.sae.arch.base import Architecture
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.site import Site
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
-SPARSE_ARCHITECTURES = ("topk", "batchtopk")
+SPARSE_ARCHITECTURES = TOPK_ARCHITECTURES
 
 
 @dataclass
 class SAEConfig:
+    """Shape, activation and placement of a dictionary. `site` is where the encoder reads;
+    `output_site` where the decoder writes (None: the same site, an SAE)."""
+
     architecture: str
     d_in: int
     d_sae: int
@@ -34,57 +42,86 @@ class SAEConfig:
     dtype: str = "float32"
     # Free-form provenance: training corpus, token count, trainer config, source format.
     metadata: dict[str, Any] = field(default_factory=dict)
+    output_site: Site | None = None
+    d_out: int | None = None  # None: d_in
+    skip: bool = False  # a linear skip `x @ W_skip` added to the output
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        get_architecture(self.architecture)
+        if self.d_in <= 0 or self.d_sae <= 0 or self.d_target <= 0:
             raise InputError(
-                f"SAE architecture {self.architecture!r}: "
-                f"expected one of {', '.join(ARCHITECTURES)}"
+                f"dictionary shape d_in={self.d_in}, d_sae={self.d_sae}, "
+                f"d_out={self.d_target}: expected positive"
             )
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise InputError(f"SAE shape d_in={self.d_in}, d_sae={self.d_sae}: expected positive")
-        if self.architecture == "topk" and not self.k:
-            raise InputError("topk SAE config: expected a positive `k`")
+        if get_architecture(self.architecture).needs_k and not self.k:
+            raise InputError(f"{self.architecture} config: expected a positive `k`")
         if self.k is not None and not 0 < self.k <= self.d_sae:
             raise InputError(f"SAE k={self.k}: expected 1..d_sae ({self.d_sae})")
+        if self.apply_b_dec_to_input and self.d_target != self.d_in:
+            raise InputError(
+                f"apply_b_dec_to_input with d_in={self.d_in} != d_out={self.d_target}: "
+                "a transcoder's output bias cannot be subtracted from its input"
+            )
+
+    @property
+    def d_target(self) -> int:
+        """Width of what the decoder writes."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the decoder writes somewhere other than where the encoder reads."""
+        moved = self.output_site is not None and self.output_site != self.site
+        return moved or self.skip or self.d_target != self.d_in
 
 
-class SAE(nn.Module):
-    """Sparse autoencoder: `encode` gives `Codes`, `decode` the reconstruction."""
+class Dictionary(nn.Module):
+    """Sparse dictionary: `encode` gives `Codes`, `decode` the output without the skip
+    term, `forward` the whole output (decoder + skip)."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.architecture: Architecture = get_architecture(cfg.architecture)
         dtype = getattr(torch, cfg.dtype)
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_target
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
         self.threshold: nn.Parameter | None = None
-        if cfg.architecture == "jumprelu":
-            self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
-        if cfg.architecture == "gated":
-            self.b_gate = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
-            self.r_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
-            self.b_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
+        self.W_skip: nn.Parameter | None = None
+        for name in self.architecture.extra_params:
+            setattr(self, name, nn.Parameter(torch.zeros(d_sae, dtype=dtype)))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, dtype=dtype))
 
     # -- properties -------------------------------------------------------------------
     @property
     def site(self) -> Site | None:
+        """Where the encoder reads."""
         return self.cfg.site
+
+    @property
+    def output_site(self) -> Site | None:
+        """Where the decoder writes: the site its output is checked against."""
+        return self.cfg.output_site or self.cfg.site
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.is_transcoder
 
     @property
     def is_sparse(self) -> bool:
         """Whether `encode` returns top-k codes (values + indices)."""
-        return self.cfg.architecture in SPARSE_ARCHITECTURES and self.threshold is None
+        return self.architecture.sparse_codes(self)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.W_enc.dtype
 
     def set_threshold(self, threshold: torch.Tensor) -> None:
-        """Batchtopk in threshold mode (SAELens/dictionary_learning export a global threshold)."""
+        """A global or per-feature threshold (batchtopk's export, jumprelu's θ)."""
         t = torch.as_tensor(threshold, dtype=self.dtype).reshape(-1)
         self.threshold = nn.Parameter(t.expand(self.cfg.d_sae).clone())
 
@@ -98,35 +135,27 @@ class SAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> Codes:
         """`x [n, d_in]` → codes; top-k architectures return sparse codes."""
-        arch = self.cfg.architecture
-        if arch == "gated":
-            return Codes(self._gated_acts(self.sae_input(x)), None, self.cfg.d_sae)
-        pre = self.pre_acts(x)
-        if self.threshold is not None:
-            acts = F.relu(pre) * (pre > self.threshold)
-            return Codes(acts, None, self.cfg.d_sae)
-        if arch in SPARSE_ARCHITECTURES:
-            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return Codes(F.relu(top.values), top.indices, self.cfg.d_sae)
-        return Codes(F.relu(pre), None, self.cfg.d_sae)
-
-    def _gated_acts(self, sae_in: torch.Tensor) -> torch.Tensor:
-        gate = (sae_in @ self.W_enc + self.b_gate) > 0
-        mag = F.relu(sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
-        return mag * gate
+        return self.architecture.encode(self, x)
 
     def decode(self, codes: Codes) -> torch.Tensor:
+        """The decoder's output `[n, d_out]` (no skip term)."""
         if codes.indices is None:
             return codes.values @ self.W_dec + self.b_dec
-        # embedding_bag sums k decoder rows per token without an [n, k, d_in] temporary.
+        # embedding_bag sums k decoder rows per token without an [n, k, d_out] temporary.
         out = F.embedding_bag(
             codes.indices, self.W_dec, per_sample_weights=codes.values, mode="sum"
         )
         return out + self.b_dec
 
+    def skip_term(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`x @ W_skip`, or None without a skip connection."""
+        return None if self.W_skip is None else x.to(self.dtype) @ self.W_skip
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Codes]:
         codes = self.encode(x)
-        return self.decode(codes), codes
+        out = self.decode(codes)
+        skip = self.skip_term(x)
+        return (out if skip is None else out + skip), codes
 
     # -- state ------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -163,8 +192,17 @@ class SAE(nn.Module):
                 param.copy_(tensors[name].to(param.dtype))
 
 
-def build_sae(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: str) -> SAE:
-    """An SAE from a config and normalised tensors."""
-    sae = SAE(cfg)
+# The dictionary is the SAE in most of the code base, where input and output are one site.
+SAE = Dictionary
+DictionaryConfig = SAEConfig
+
+
+def build_sae(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: str) -> Dictionary:
+    """A dictionary from a config and normalised tensors."""
+    sae = Dictionary(cfg)
     sae.load_weights(tensors, source)
     return sae
+
+
+__all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "Dictionary", "DictionaryConfig",
+           "SPARSE_ARCHITECTURES", "build_sae"]  # fmt: skip

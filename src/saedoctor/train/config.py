@@ -35,12 +35,11 @@ from saedoctor.limits import (
     MIN_TOP_K,
     MIN_TRAINING_TOKENS,
     PENALTY_FIELDS,
-    TOPK_ARCHITECTURES,
-    TRAINABLE_ARCHITECTURES,
     dictionary_size,
     top_k_fits,
 )
 from saedoctor.options import option
+from saedoctor.sae.arch import TOPK_ARCHITECTURES, TRAINABLE_ARCHITECTURES
 from saedoctor.sae.site import SITE_KINDS
 
 ARCHITECTURES = TRAINABLE_ARCHITECTURES

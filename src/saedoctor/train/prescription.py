@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from saedoctor.errors import InputError
-from saedoctor.limits import TOPK_ARCHITECTURES, top_k_fits
+from saedoctor.limits import top_k_fits
+from saedoctor.sae.arch import TOPK_ARCHITECTURES
 from saedoctor.train.config import ALIASES, ARCHITECTURES, TrainConfig, d_sae_for, with_changes
 
 NOT_TRAINING = {"eval_tokens": "a `saedoctor diagnose --tokens` option, not a training setting"}

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saedoctor.sae.arch import get_architecture
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
@@ -42,48 +43,11 @@ from saedoctor.train.config import TrainConfig, d_sae_for
 DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
 ORTHO_SAMPLE_ROWS = 512
 GEOMEDIAN_TOKENS = 8192
-BATCHTOPK_THRESHOLD_DECAY = 0.99
 # JumpReLU thresholds live on the activation scale (~1 after rescaling) and get gradients only
 # from tokens within a bandwidth of them: at the weights' learning rate they would move by
 # ~0.1 in a few hundred steps, so they learn 10x faster.
 THRESHOLD_LR_SCALE = 10.0
 _BUFFERS = ("since_fired", "density_ema", "scale", "batchtopk_threshold")
-
-
-# -- JumpReLU straight-through estimators ------------------------------------------------
-def _rect(u: torch.Tensor) -> torch.Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, theta, bandwidth):  # type: ignore[override]
-        ctx.save_for_backward(z, theta)
-        ctx.bandwidth = bandwidth
-        return z * (z > theta).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        z, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_z = grad * (z > theta).to(z.dtype)
-        grad_theta = (-(theta / eps) * _rect((z - theta) / eps) * grad).sum(0)
-        return grad_z, grad_theta, None
-
-
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, theta, bandwidth):  # type: ignore[override]
-        ctx.save_for_backward(z, theta)
-        ctx.bandwidth = bandwidth
-        return (z > theta).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        z, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_theta = (-(1.0 / eps) * _rect((z - theta) / eps) * grad).sum(0)
-        return None, grad_theta, None
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -133,6 +97,7 @@ class TrainableSAE:
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.arch = cfg.architecture
+        self.architecture = get_architecture(cfg.architecture)
         self.base_lr = cfg.learning_rate or 2e-4 / math.sqrt(self.d_sae / 2**14)
         self.params = self._init_params()
         fused = self.device.type in ("cpu", "cuda")
@@ -156,18 +121,14 @@ class TrainableSAE:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.site.layer)
         w_dec = torch.randn(self.d_sae, self.d_in, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
-        # Dense-start architectures (relu, jumprelu) fire about half their latents on the first
-        # batches: a 0.1 encoder keeps that first reconstruction near the data's scale
-        # (SAELens' decoder_init_norm; TopK picks its k latents whatever the scale).
-        enc_scale = 0.1 if self.arch in ("relu", "jumprelu") else 1.0
+        enc_scale = self.architecture.encoder_init_scale
         params = {
             "W_enc": (w_dec.T * enc_scale).contiguous(),
             "b_enc": torch.zeros(self.d_sae),
             "W_dec": w_dec,
             "b_dec": torch.zeros(self.d_in),
         }
-        if self.arch == "jumprelu":
-            params["threshold"] = torch.full((self.d_sae,), self.cfg.jumprelu_init_threshold)
+        params.update(self.architecture.init_train_params(self.cfg, self.d_sae))
         return {k: torch.nn.Parameter(v.to(self.device)) for k, v in params.items()}
 
     @torch.no_grad()
@@ -221,23 +182,19 @@ class TrainableSAE:
         n = xs.shape[0]
         norms = p["W_dec"].norm(dim=1)
         terms: dict[str, torch.Tensor] = {}
-        if self.arch == "topk":
-            top = pre.topk(cfg.top_k, dim=-1, sorted=False)
-            vals, idx = F.relu(top.values), top.indices
-            x_hat = F.embedding_bag(idx, p["W_dec"], per_sample_weights=vals, mode="sum")
-            x_hat = x_hat + p["b_dec"]
-            weighted = vals * norms[idx]
-            codes_vals, codes_idx = vals, idx
+        codes_vals, codes_idx = self.architecture.train_codes(self, pre, terms)
+        if codes_idx is not None:
+            x_hat = F.embedding_bag(codes_idx, p["W_dec"], per_sample_weights=codes_vals,
+                                    mode="sum") + p["b_dec"]  # fmt: skip
+            weighted = codes_vals * norms[codes_idx]
         else:
-            acts = self._dense_acts(pre, n, terms)
-            x_hat = self._decode_dense(acts)
-            weighted = acts * norms
-            codes_vals, codes_idx = acts, None
+            x_hat = self._decode_dense(codes_vals)
+            weighted = codes_vals * norms
         residual = xs - x_hat
         terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_in
         if cfg.l1_penalty > 0:
             terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_in
-        if cfg.sparsity_penalty > 0 and self.arch != "jumprelu":
+        if cfg.sparsity_penalty > 0 and not self.architecture.owns_l0_penalty:
             terms["l0"] = cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean() / self.d_in
         if cfg.diversity_loss_weight > 0:
             terms["diversity"] = self._diversity(codes_vals, codes_idx)
@@ -254,38 +211,6 @@ class TrainableSAE:
             out = StepOutput({k: float(v) for k, v in terms.items()}, codes,
                              x_hat.detach() * inv)  # fmt: skip
         return out
-
-    def _dense_acts(self, pre: torch.Tensor, n: int, terms: dict[str, torch.Tensor]):
-        cfg = self.cfg
-        if self.arch == "relu":
-            return F.relu(pre)
-        if self.arch == "jumprelu":
-            theta = self.params["threshold"]
-            bw = cfg.jumprelu_bandwidth
-            if cfg.sparsity_penalty > 0:
-                l0 = _Step.apply(pre, theta, bw).sum(-1).mean()
-                terms["l0"] = cfg.sparsity_penalty * l0 / self.d_in
-            return _JumpReLU.apply(pre, theta, bw)
-        # batchtopk: the n·k largest activations of the whole batch
-        acts = F.relu(pre)
-        kth = self._batch_kth(acts.detach().flatten(), n * cfg.top_k)
-        kept = acts * (acts.detach() >= kth).to(acts.dtype)
-        with torch.no_grad():
-            positive = kept.detach()[kept.detach() > 0]
-            low = float(positive.min()) if positive.numel() else math.inf
-            if self.reducer is not None:
-                low = self.reducer.min(low, acts.device)
-            if math.isfinite(low):
-                old = float(self.batchtopk_threshold)
-                new = low if old < 0 else BATCHTOPK_THRESHOLD_DECAY * old + (
-                    1 - BATCHTOPK_THRESHOLD_DECAY) * low  # fmt: skip
-                self.batchtopk_threshold = torch.tensor(new, dtype=torch.float64)
-        return kept
-
-    def _batch_kth(self, values: torch.Tensor, k: int) -> torch.Tensor:
-        if self.reducer is None:
-            return values.topk(k, sorted=False).values.min()
-        return self.reducer.kth_largest(values, k * self.reducer.size)
 
     def _diversity(self, vals: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         over = (self.density_ema > self.cfg.diversity_target_density).to(vals.dtype)
@@ -375,15 +300,12 @@ class TrainableSAE:
         """The trained SAE on raw activations (scale folded into the biases/thresholds)."""
         s = float(self.scale)
         p = {k: v.detach().float().cpu() for k, v in self.params.items()}
-        k = self.cfg.top_k if self.arch in ("topk", "batchtopk") else None
-        cfg = SAEConfig(self.arch, self.d_in, self.d_sae, k=k, site=self.site,
-                        model_name=model_name, metadata=metadata)  # fmt: skip
+        cfg = SAEConfig(self.arch, self.d_in, self.d_sae, k=self.architecture.export_k(self),
+                        site=self.site, model_name=model_name, metadata=metadata)  # fmt: skip
         sae = SAE(cfg)
         tensors = {"W_enc": p["W_enc"], "b_enc": p["b_enc"] / s, "W_dec": p["W_dec"],
                    "b_dec": p["b_dec"] / s}  # fmt: skip
-        if self.arch == "jumprelu":
-            tensors["threshold"] = p["threshold"] / s
+        tensors.update(self.architecture.export_tensors(self, s))
         sae.load_weights(tensors, self.name)
-        if self.arch == "batchtopk" and float(self.batchtopk_threshold) > 0:
-            sae.set_threshold(torch.tensor(float(self.batchtopk_threshold) / s))
+        self.architecture.finish_export(self, sae, s)
         return sae.requires_grad_(False)

@@ -29,6 +29,7 @@ from rich.live import Live
 from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.progress import stderr_console
+from saedoctor.sae.arch import TOPK_ARCHITECTURES
 from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE
 from saedoctor.sae.site import Site
@@ -92,7 +93,7 @@ class TrainResult:
 
 def sae_name(cfg: TrainConfig, site: Site) -> str:
     name = f"L{site.layer}-{site.kind}-{cfg.architecture}-x{cfg.expansion_factor:g}"
-    return name + (f"-k{cfg.top_k}" if cfg.architecture in ("topk", "batchtopk") else "")
+    return name + (f"-k{cfg.top_k}" if cfg.architecture in TOPK_ARCHITECTURES else "")
 
 
 def specs_for(cfg: TrainConfig) -> list[SAESpec]:
