@@ -6,6 +6,10 @@ Site definitions (SPEC §1), matching TransformerLens / SAELens hook points:
 - `resid_post L` = the hidden states block L returns (= HF `hidden_states[L+1]` for every L
   except the last block, where HF replaces the last entry with the output of the final
   norm; we always return the block's own, un-normed output, as SAELens does).
+- `mlp_in L`     = the input of block L's MLP module, i.e. after the pre-MLP norm
+  (`post_attention_layernorm` in Llama/Qwen2/Mistral/Gemma/GPT-NeoX, `ln_2` in GPT-2,
+  `pre_feedforward_layernorm` in Gemma2/3): TransformerLens `ln2.hook_normalized`, the
+  input a transcoder reads. With GPT-NeoX's parallel residual it is the norm of resid_pre.
 - `mlp_out L`    = the output of block L's MLP module. Models with post-norms (Gemma2/3,
   Olmo2: blocks with a `post_feedforward_layernorm`) read it after that norm, since that
   is what is added to the residual (TransformerLens `hook_mlp_out`).
@@ -98,16 +102,42 @@ def _has_post_norms(block: nn.Module) -> bool:
     return isinstance(getattr(block, "post_feedforward_layernorm", None), nn.Module)
 
 
+# Sites read from a module's input (a forward pre-hook) rather than its output.
+INPUT_KINDS = ("resid_pre", "mlp_in")
+# Blocks pass hidden states positionally; the keyword names cover a caller that does not.
+_INPUT_KWARGS = ("hidden_states", "x")
+
+
 def site_module(block: nn.Module, kind: str) -> nn.Module:
-    """The module whose output (or, for resid_pre, input) is the site."""
+    """The module whose output (or, for INPUT_KINDS, input) is the site."""
     if kind in ("resid_pre", "resid_post"):
         return block
+    if kind == "mlp_in":
+        return _child(block, _MLP_NAMES, "MLP")
     post = _has_post_norms(block)
     if kind == "mlp_out":
         return block.post_feedforward_layernorm if post else _child(block, _MLP_NAMES, "MLP")
     if post:
         return block.post_attention_layernorm
     return _child(block, _ATTN_NAMES, "attention")
+
+
+def module_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a forward pre-hook (with_kwargs=True) sees entering a module."""
+    if args:
+        return args[0]
+    for key in _INPUT_KWARGS:
+        if key in kwargs:
+            return kwargs[key]
+    raise TypeError(f"no hidden-states input among keyword arguments {sorted(kwargs)}")
+
+
+def with_module_input(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
+    """(args, kwargs) with the hidden-states input replaced by `value`."""
+    if args:
+        return (value, *args[1:]), kwargs
+    key = next((k for k in _INPUT_KWARGS if k in kwargs), _INPUT_KWARGS[0])
+    return args, {**kwargs, key: value}
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
@@ -159,11 +189,10 @@ class SiteReader:
 
     def _register(self, site: Site) -> Any:
         module = site_module(self._blocks[site.layer], site.kind)
-        if site.kind == "resid_pre":
+        if site.kind in INPUT_KINDS:
 
             def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                self._capture(site, hidden)
+                self._capture(site, module_input(args, kwargs))
 
             return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 

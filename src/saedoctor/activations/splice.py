@@ -1,10 +1,11 @@
 """Downstream runs: the clean forward to the logits, and the same forward with one site replaced.
 
-The clean pass captures every site and the inputs of every decoder block. A patched run
-then starts at the first block the replacement affects, from those captured inputs, instead
-of recomputing the unchanged prefix: an SAE at block 22 of 30 costs 8 blocks, not 30. The
-first clean pass checks that restarting from captured inputs reproduces the model's own
-logits; models where it does not (an unusual head, say) fall back to full patched forwards.
+The clean pass captures every site (mlp_in too, the input a transcoder reads) and the inputs
+of every decoder block. A patched run then starts at the first block the replacement
+affects, from those captured inputs, instead of recomputing the unchanged prefix: an SAE
+at block 22 of 30 costs 8 blocks, not 30. The first clean pass checks that restarting from
+captured inputs reproduces the model's own logits; models where it does not (an unusual
+head, say) fall back to full patched forwards.
 
 Zero-ablating a residual-stream site costs almost nothing: every position then enters the
 remaining blocks with the same (zero) vector, attention averages identical values whatever
@@ -20,7 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from saedoctor.activations.sites import _first_tensor, _get_path, decoder_blocks, site_module
+from saedoctor.activations.sites import (
+    INPUT_KINDS,
+    _first_tensor,
+    _get_path,
+    decoder_blocks,
+    module_input,
+    site_module,
+    with_module_input,
+)
 from saedoctor.sae.site import Site
 
 _FINAL_NORMS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
@@ -29,7 +38,8 @@ _HEADS = ("lm_head", "embed_out")
 
 
 def start_block(site: Site) -> int:
-    """First block whose computation a replacement at `site` changes."""
+    """First block whose computation a replacement at `site` changes (mlp_in and the other
+    sublayer sites sit inside their block, so that block reruns)."""
     return site.layer + 1 if site.kind == "resid_post" else site.layer
 
 
@@ -69,10 +79,10 @@ class Splicer:
 
     def _capture_site(self, site: Site) -> Any:
         module = site_module(self.blocks[site.layer], site.kind)
-        if site.kind == "resid_pre":
+        if site.kind in INPUT_KINDS:
 
             def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-                self._acts[site] = (args[0] if args else kwargs["hidden_states"]).detach()
+                self._acts[site] = module_input(args, kwargs).detach()
 
             return module.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -145,12 +155,10 @@ class Splicer:
 
     def _replace_output(self, site: Site, replacement: torch.Tensor) -> Any:
         module = site_module(self.blocks[site.layer], site.kind)
-        if site.kind == "resid_pre":
+        if site.kind in INPUT_KINDS:
 
             def pre(_m: nn.Module, args: tuple, kwargs: dict) -> Any:
-                if args:
-                    return (replacement, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": replacement}
+                return with_module_input(args, kwargs, replacement)
 
             return module.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -170,4 +178,4 @@ class Splicer:
 
 
 def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+    return module_input(args, kwargs)
