@@ -7,12 +7,17 @@ the command line prints as one line (`cannot write <path>: <reason>`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from saedoctor.errors import InputError
 
 _CHUNK = 1 << 20  # bytes per write() call
 
@@ -88,3 +93,27 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, what: str) -> Iterator[Path]:
+    """Yield a fresh folder beside `path` to fill; on success it becomes `path` (a new folder
+    appears whole or not at all; in an existing one, which may hold other files, each file
+    is replaced atomically). On any error nothing of it is left. `what` names the flag or
+    file for the error when `path` is not a directory."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{what} {directory}: exists and is not a directory; expected a directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir, not mkdtemp (which makes 0700 folders): the result gets the usual permissions.
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not directory.exists():
+            os.replace(tmp, directory)
+            return
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from saedoctor.commands.exit_status import (
     handled_errors,
 )
 from saedoctor.commands.views import print_terminal, write_views
+from saedoctor.errors import InputError
 
 RunJson = Annotated[Path, typer.Argument(help="a report written by `saedoctor diagnose`")]
 
@@ -68,17 +69,45 @@ def compare_command(
             cmp.render_compare_terminal(comparison)
 
 
+FILTER_FORMATS = ("saedoctor", "circuit-tracer")
+
+
 def filter_command(
     run_json: RunJson,
-    out: Annotated[Path | None, typer.Option(help="write the filter JSON here")] = None,
-) -> None:
+    out: Annotated[Path | None, typer.Option(
+        help="write the filter JSON here (circuit-tracer: a directory)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help=" | ".join(FILTER_FORMATS))] = "saedoctor",
+) -> None:  # fmt: skip
     """Always-on feature ids per SAE / layer, as JSON for circuit-tracing tools."""
     from saedoctor.atomic import atomic_write_json
     from saedoctor.report.document import read_report
     from saedoctor.report.filter import always_on_filter
 
     with handled_errors():
-        result = always_on_filter(read_report(run_json))
-        if out is not None:
-            atomic_write_json(out, result)
+        if fmt not in FILTER_FORMATS:
+            raise InputError(f"--format {fmt!r}: expected one of {', '.join(FILTER_FORMATS)}")
+        document = read_report(run_json)
+        if fmt == "circuit-tracer":
+            result = _circuit_tracer_filter(document, run_json, out)
+        else:
+            result = always_on_filter(document)
+            if out is not None:
+                atomic_write_json(out, result)
         typer.echo(json.dumps(result, indent=1))
+
+
+def _circuit_tracer_filter(document: dict, run_json: Path, out: Path | None) -> dict:
+    """The exclusion list and mask; written as a directory (whole or not at all)."""
+    from saedoctor.atomic import atomic_directory
+    from saedoctor.report.circuit_tracer_filter import MASK_TENSOR, circuit_tracer_exclusions
+
+    exclusions = circuit_tracer_exclusions(document, str(run_json))
+    result = exclusions.as_json()
+    if out is None:
+        return result
+    from safetensors.torch import save_file
+
+    with atomic_directory(out, "--out") as tmp:
+        (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
+        save_file({MASK_TENSOR: exclusions.mask()}, str(tmp / result["mask"]["file"]))
+    return result

@@ -83,6 +83,9 @@ def config_entry(sae: SAE) -> dict[str, Any]:
         "architecture": cfg.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
+        "d_out": cfg.d_target,
+        "kind": "transcoder" if cfg.is_transcoder else "sae",
+        "skip": cfg.skip,
         "k": cfg.k,
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "dtype": cfg.dtype,
@@ -92,11 +95,17 @@ def config_entry(sae: SAE) -> dict[str, Any]:
 
 
 def site_entry(sae: SAE) -> dict[str, Any] | None:
+    """Where the encoder reads; a transcoder's entry also names where its decoder writes."""
     site = sae.site
     if site is None:
         return None
-    return {"layer": site.layer, "kind": site.kind, "hook_name": site.hook_name,
-            "description": site.describe()}  # fmt: skip
+    entry = {"layer": site.layer, "kind": site.kind, "hook_name": site.hook_name,
+             "description": site.describe()}  # fmt: skip
+    out = sae.output_site
+    if out is not None and out != site:
+        entry["output"] = {"layer": out.layer, "kind": out.kind, "hook_name": out.hook_name,
+                           "description": out.describe()}  # fmt: skip
+    return entry
 
 
 def _jsonable(value: Any) -> Any:

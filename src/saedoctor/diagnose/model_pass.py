@@ -12,7 +12,14 @@ import torch
 
 from saedoctor import distributed
 from saedoctor.diagnose.options import DiagnoseOptions
-from saedoctor.diagnose.units import SAEUnderTest, Sink, suite_sink
+from saedoctor.diagnose.units import (
+    Rows,
+    SAEUnderTest,
+    Sink,
+    output_sites,
+    suite_sink,
+    unit_sites,
+)
 from saedoctor.errors import InputError
 from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
 from saedoctor.progress import stderr_console, token_progress
@@ -41,13 +48,14 @@ class ModelPass:
         """A batch's forward up to the deepest site, every SAE fed from it: no logits."""
         from saedoctor.activations.stream import site_batches
 
-        sites = sorted({u.sae.site for u in self.units})  # a fixed order, run after run
+        sites = unit_sites(self.units)  # a fixed order, run after run
 
         def step(batch: Any) -> None:
             for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
                 where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
                 for unit in self.units:
-                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where)
+                    target = sb.acts[unit.sae.output_site]
+                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where, target)
                 if keep is not None:  # after feeding: a batch retried in halves is kept once
                     keep(sb)
 
@@ -61,7 +69,7 @@ class ModelPass:
         from saedoctor.activations.splice import Splicer
 
         totals: dict[str, int] = {}
-        splicer = Splicer(self.loaded.model, sorted({u.sae.site for u in self.units}))
+        splicer = Splicer(self.loaded.model, unit_sites(self.units))
 
         def downstream(batch: Any) -> None:
             if batch.counted.any():  # a half of a split batch may have nothing counted
@@ -96,7 +104,7 @@ class ModelPass:
             return
         splicer.clean(first.input_ids.to(device))
         counted = first.counted.to(device)
-        for site in sorted({u.sae.site for u in self.units}):
+        for site in output_sites(self.units):
             splicer.zero_ablated(site, counted)
 
     def _tracked(self, corpus: str, tokens: int, label: str, totals: dict[str, int]) -> Iterator:
@@ -199,38 +207,55 @@ def split_batch(batch: Any) -> list[Any]:
 @torch.inference_mode()
 def feed(
     unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, sink: Sink,
-    where: RowOrigin | None = None,
+    where: RowOrigin | None = None, target: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
-    """The SAE on one batch of rows, then `sink` on the rows whose input and output are
-    finite; `where` (when given) locates the rows left out for the report."""
-    _, _, kept = encode_finite(unit, x, seq_ids.to(x.device), where)
-    if kept[0].shape[0]:
-        sink(unit, *kept)
+    """The dictionary on one batch of input rows `x`, then `sink` on the rows whose input,
+    target and output are finite; `target` is what the decoder should write (default: `x`,
+    an SAE); `where` (when given) locates the rows left out for the report."""
+    _, _, rows = encode_finite(unit, x, seq_ids.to(x.device), where, target)
+    if rows.x.shape[0]:
+        sink(unit, rows)
 
 
 def encode_finite(
-    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, where: RowOrigin | None
-) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
-    """(x̂ of every row, the mask of rows kept or None for all, (x, x̂, codes, seq_ids) of the
-    kept rows). A row with a non-finite input never reaches the SAE (its x̂ is its own x, so
-    a splice leaves it as the model made it); one with a non-finite x̂ or code is dropped
-    after. Both are counted in `unit.suite.nonfinite`."""
+    unit: SAEUnderTest, x: torch.Tensor, seq_ids: torch.Tensor, where: RowOrigin | None,
+    target: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, Rows]:  # fmt: skip
+    """(the output of every row, the mask of rows kept or None for all, the kept `Rows`).
+    A row with a non-finite input or target never reaches the dictionary (its output is its
+    own target, so a splice leaves it as the model made it); one with a non-finite output
+    or code is dropped after. Both are counted in `unit.suite.nonfinite`."""
     track = unit.suite.nonfinite
-    x_ok = finite_rows(x)
-    x_hat, codes = unit.sae(x if x_ok is None else x[x_ok])
+    target = x if target is None else target
+    x_ok = _both_finite(x, target)
+    x_in = x if x_ok is None else x[x_ok]
+    x_hat, codes = unit.sae(x_in)
+    skip = unit.sae.skip_term(x_in)
+    rest = None if skip is None else x_hat - skip
     full = x_hat
     if x_ok is not None:
         track.skip("activation_rows", ~x_ok, where)
-        full = x.to(x_hat.dtype).clone()
+        full = target.to(x_hat.dtype).clone()
         full[x_ok] = x_hat
-        x, seq_ids = x[x_ok], seq_ids[x_ok]
+        target, seq_ids = target[x_ok], seq_ids[x_ok]
         where = None if where is None else where.select(x_ok)
+    rows = Rows(target, x_hat, codes, seq_ids, rest)
     out_ok = finite_output_rows(x_hat, codes)
     if out_ok is not None:
         track.skip("sae_output_rows", ~out_ok, where)
-        x, x_hat, codes, seq_ids = x[out_ok], x_hat[out_ok], codes.select(out_ok), seq_ids[out_ok]
-    kept = _kept_rows(x_ok, out_ok)
-    return full, kept, (x, x_hat, codes, seq_ids)
+        rows = rows.select(out_ok)
+    return full, _kept_rows(x_ok, out_ok), rows
+
+
+def _both_finite(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Rows where input and target are finite, or None when all are."""
+    x_ok = finite_rows(x)
+    if target is x:
+        return x_ok
+    t_ok = finite_rows(target)
+    if x_ok is None or t_ok is None:
+        return t_ok if x_ok is None else x_ok
+    return x_ok & t_ok
 
 
 def _kept_rows(x_ok: torch.Tensor | None, out_ok: torch.Tensor | None) -> torch.Tensor | None:
@@ -263,23 +288,25 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
 
     ablated: dict[Any, tuple] = {}
     for unit in units:
-        site = unit.sae.site
-        site_acts = acts[site]
-        flat = site_acts.reshape(-1, site_acts.shape[-1])
-        x_hat, kept, rows = encode_finite(unit, flat[positions], seq_ids, where)
-        if rows[0].shape[0]:
-            unit.suite.update(*rows)
+        site, out_site = unit.sae.site, unit.sae.output_site
+        flat_in = acts[site].reshape(-1, acts[site].shape[-1])
+        out_acts = acts[out_site]
+        flat = out_acts.reshape(-1, out_acts.shape[-1])
+        x_hat, kept, rows = encode_finite(unit, flat_in[positions], seq_ids, where,
+                                          flat[positions])  # fmt: skip
+        if rows.x.shape[0]:
+            suite_sink(unit, rows)
         spliced = flat.clone()
         spliced[positions] = x_hat.to(spliced.dtype)
-        sae_scores = clean.score(splicer.patched(site, spliced.view_as(site_acts)))
-        if site not in ablated:  # zero-ablation depends on the site only: once per site
-            ablated[site] = clean.score(splicer.zero_ablated(site, counted))
-        ok = _finite_downstream(clean.ce, sae_scores, ablated[site], positions, kept)
+        sae_scores = clean.score(splicer.patched(out_site, spliced.view_as(out_acts)))
+        if out_site not in ablated:  # zero-ablation depends on the site only: once per site
+            ablated[out_site] = clean.score(splicer.zero_ablated(out_site, counted))
+        ok = _finite_downstream(clean.ce, sae_scores, ablated[out_site], positions, kept)
         ce_m, kl_m = (ce_mask, kl_mask) if ok is None else (ce_mask & ok[:, :-1], kl_mask & ok)
         if ok is not None:
             _skip_positions(unit, kl_mask & ~ok, batch.first_sequence)
         unit.downstream.add_clean(clean.ce, ce_m)
-        for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[site])):
+        for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[out_site])):
             unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
 
 

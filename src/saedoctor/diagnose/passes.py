@@ -110,8 +110,8 @@ def explain_on_model(passes: ModelPass, units: list[SAEUnderTest]) -> dict[str, 
     extremes = {u.name: FeatureExtremes(targets[u.name]) for u in todo}
     log = TokenLog(passes.loaded.tokenizer)
 
-    def sink(unit, x, x_hat, codes, seq_ids) -> None:
-        extremes[unit.name].update(codes)
+    def sink(unit: SAEUnderTest, rows: Any) -> None:
+        extremes[unit.name].update(rows.codes)
 
     sub = ModelPass(passes.loaded, passes.opts, todo)
     budget = min(passes.opts.explain_tokens, passes.opts.tokens)
@@ -214,6 +214,11 @@ def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict
     acts = load_cached_activations(opts.activations)
     d_in = acts.shape[-1]
     for unit in units:
+        if unit.sae.is_transcoder:
+            raise InputError(
+                f"{unit.path}: a transcoder needs its input and its target (the MLP output); "
+                f"--activations {opts.activations} holds one site: diagnose it on --model"
+            )
         if unit.sae.cfg.d_in != d_in:
             raise InputError(
                 f"{unit.path}: SAE d_in={unit.sae.cfg.d_in} but {opts.activations} holds "

@@ -26,8 +26,26 @@ class SAEUnderTest:
     downstream: Downstream = field(default_factory=lambda: Downstream())
 
 
-# A sink receives, per SAE and batch: the unit, x, x̂, codes and the batch's sequence ids.
-Sink = Callable[[SAEUnderTest, torch.Tensor, torch.Tensor, Codes, torch.Tensor], None]
+@dataclass
+class Rows:
+    """The finite rows of one batch through one dictionary: the target `x` (what the decoder
+    should write: an SAE's own input, a transcoder's MLP output), its output `x_hat`, the
+    codes, the rows' sequence ids, and a skip transcoder's output without the skip term."""
+
+    x: torch.Tensor
+    x_hat: torch.Tensor
+    codes: Codes
+    seq_ids: torch.Tensor
+    x_hat_without_skip: torch.Tensor | None = None
+
+    def select(self, keep: torch.Tensor) -> Rows:
+        rest = None if self.x_hat_without_skip is None else self.x_hat_without_skip[keep]
+        return Rows(self.x[keep], self.x_hat[keep], self.codes.select(keep),
+                    self.seq_ids[keep], rest)  # fmt: skip
+
+
+# A sink receives, per dictionary and batch, the unit and its rows.
+Sink = Callable[[SAEUnderTest, Rows], None]
 
 
 def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
@@ -48,29 +66,46 @@ def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
 
 def _unit_name(sae: SAE, path: str) -> str:
     site = sae.site.hook_name if sae.site else "unsited"
+    if sae.is_transcoder and sae.output_site is not None and sae.output_site != sae.site:
+        site = f"{site}->{sae.output_site.hook_name}"
     return f"{Path(path).name}:{site}"
 
 
 def new_suite(sae: SAE, opts: DiagnoseOptions) -> MetricSuite:
-    return MetricSuite(sae.cfg.d_in, sae.cfg.d_sae, always_on_threshold=opts.always_on_threshold)
+    """The metrics of one dictionary, measured against what its decoder writes."""
+    return MetricSuite(sae.cfg.d_target, sae.cfg.d_sae,
+                       always_on_threshold=opts.always_on_threshold,
+                       without_skip=sae.W_skip is not None)  # fmt: skip
 
 
-def suite_sink(unit: SAEUnderTest, x, x_hat, codes, seq_ids) -> None:
-    unit.suite.update(x, x_hat, codes, seq_ids)
+def unit_sites(units: list[SAEUnderTest]) -> list:
+    """Every site a run reads (encoder inputs and decoder outputs), in a fixed order."""
+    return sorted({s for u in units for s in (u.sae.site, u.sae.output_site)})
+
+
+def output_sites(units: list[SAEUnderTest]) -> list:
+    """The sites a run replaces and ablates (where the decoders write)."""
+    return sorted({u.sae.output_site for u in units})
+
+
+def suite_sink(unit: SAEUnderTest, rows: Rows) -> None:
+    unit.suite.update(rows.x, rows.x_hat, rows.codes, rows.seq_ids, rows.x_hat_without_skip)
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:
     for unit in units:
         cfg = unit.sae.cfg
-        if cfg.d_in != d_model:
-            raise InputError(
-                f"{unit.path}: SAE d_in={cfg.d_in} but model {model} has width {d_model}"
-            )
-        if unit.sae.site.layer >= n_layers:
-            raise InputError(
-                f"{unit.path}: layer {unit.sae.site.layer} out of range: model {model} has "
-                f"{n_layers} blocks (0..{n_layers - 1})"
-            )
+        for what, width in (("d_in", cfg.d_in), ("d_out", cfg.d_target)):
+            if width != d_model:
+                raise InputError(
+                    f"{unit.path}: SAE {what}={width} but model {model} has width {d_model}"
+                )
+        for site in (unit.sae.site, unit.sae.output_site):
+            if site.layer >= n_layers:
+                raise InputError(
+                    f"{unit.path}: layer {site.layer} out of range: model {model} has "
+                    f"{n_layers} blocks (0..{n_layers - 1})"
+                )
 
 
 def ensure_default_sae(opts: DiagnoseOptions) -> Path:

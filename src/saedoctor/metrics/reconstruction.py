@@ -154,7 +154,12 @@ class Reconstruction:
             "cossim": float(self.cos_sum) / n,
             "l2_ratio": float(self.ratio_sum) / n,
             "relative_reconstruction_bias": _ratio(float(self.xhat_sq_sum), float(self.dot_sum)),
+            "error_share": _ratio(sse, self.energy()),
         }
+
+    def energy(self) -> float:
+        """`Σ‖x‖²` over all tokens, from the running mean and M2 (Σ‖x − x̄‖² + n‖x̄‖²)."""
+        return float(self.m2) + int(self.tokens) * float(self.mean.pow(2).sum())
 
     def mean_x(self) -> torch.Tensor:
         """`mean(x)` over all tokens seen (float64, on the CPU)."""

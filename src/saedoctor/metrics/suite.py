@@ -20,13 +20,16 @@ from saedoctor.metrics.reconstruction import Reconstruction
 from saedoctor.sae.codes import Codes
 
 _CONFIG_KEYS = ("d_in", "d_sae", "always_on_threshold", "dense_threshold", "dead_threshold",
-                "diversity_top")  # fmt: skip
+                "diversity_top", "without_skip")  # fmt: skip
 # What `compute` measures from the tokens; all None when no token was seen (every row skipped
 # as non-finite): the caller reports them as not measured rather than as NaN or 0.
 MEASURED_KEYS = ("always_on_count", "dense_count", "dead_count", "dead_pct", "never_fired_count",
                  "l0", "diversity_top{top}", "variance_explained", "fvu",
                  "variance_explained_legacy", "mse", "cossim", "l2_ratio",
-                 "relative_reconstruction_bias", "absorption")  # fmt: skip
+                 "relative_reconstruction_bias", "error_share", "absorption")  # fmt: skip
+# A transcoder with a skip term is also measured on its dictionary's part alone.
+WITHOUT_SKIP_KEYS = ("variance_explained", "fvu", "mse", "cossim", "error_share")
+WITHOUT_SKIP = "_without_skip"
 
 
 class _SuiteFeatures(FeatureStats):
@@ -51,28 +54,39 @@ class MetricSuite:
         dense_threshold: float = 0.1,
         dead_threshold: float = 0.0005,
         diversity_top: int = 10,
+        without_skip: bool = False,
     ) -> None:
+        """`d_in` is the width of what is reconstructed (a transcoder's output);
+        `without_skip` also measures the reconstruction without a transcoder's skip term."""
         self.d_in, self.d_sae = d_in, d_sae
         self.features = _SuiteFeatures(d_sae, always_on_threshold, dense_threshold,
                                        dead_threshold)  # fmt: skip
         self.diversity = Diversity(diversity_top)
         self.reconstruction = Reconstruction(d_in)
+        self.without_skip = Reconstruction(d_in) if without_skip else None
         self.nonfinite = NonFinite()
 
     @property
     def config(self) -> dict[str, float]:
         f = self.features
         values = (self.d_in, self.d_sae, f.always_on_threshold, f.dense_threshold,
-                  f.dead_threshold, self.diversity.top)  # fmt: skip
+                  f.dead_threshold, self.diversity.top,
+                  int(self.without_skip is not None))  # fmt: skip
         return dict(zip(_CONFIG_KEYS, values, strict=True))
 
     @torch.no_grad()
     def update(
-        self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor
-    ) -> None:
-        """Add one batch of counted tokens; each sequence must lie wholly in one batch."""
+        self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor,
+        x_hat_without_skip: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """Add one batch of counted tokens; each sequence must lie wholly in one batch. `x` is
+        the target (a transcoder's: the MLP output), `x_hat` the dictionary's whole output."""
         self._check(x, x_hat, codes, seq_ids)
+        if (self.without_skip is None) != (x_hat_without_skip is None):
+            raise ValueError("x_hat_without_skip: give it exactly when the suite measures it")
         self.reconstruction.update(x, x_hat)
+        if self.without_skip is not None:
+            self.without_skip.update(x, x_hat_without_skip)
         self.features.update(codes)
         self.diversity.update(codes, seq_ids)
 
@@ -99,6 +113,8 @@ class MetricSuite:
         self.features.merge(other.features)
         self.diversity.merge(other.diversity)
         self.reconstruction.merge(other.reconstruction)
+        if self.without_skip is not None:
+            self.without_skip.merge(other.without_skip)
         self.nonfinite.merge(other.nonfinite)
         return self
 
@@ -122,6 +138,7 @@ class MetricSuite:
             **feats,
             **self.diversity.compute(),
             **self.reconstruction.compute(),
+            **self._without_skip(),
             "density": density.tolist(),
             "density_histogram": density_histogram(density),
             "mean_activation_when_active": mean_act.tolist(),
@@ -129,9 +146,18 @@ class MetricSuite:
         out.update(self._absorption(W_dec, density, absorption or AbsorptionSettings()))
         return out
 
+    def _without_skip(self) -> dict[str, Any]:
+        if self.without_skip is None:
+            return {}
+        values = self.without_skip.compute()
+        return {k + WITHOUT_SKIP: values[k] for k in WITHOUT_SKIP_KEYS}
+
     def measured_keys(self) -> tuple[str, ...]:
         """The keys of `compute` that are measured from tokens (None when none was seen)."""
-        return tuple(k.format(top=self.diversity.top) for k in MEASURED_KEYS)
+        keys = tuple(k.format(top=self.diversity.top) for k in MEASURED_KEYS)
+        if self.without_skip is not None:
+            keys += tuple(k + WITHOUT_SKIP for k in WITHOUT_SKIP_KEYS)
+        return keys
 
     def _nothing_seen(self) -> dict[str, Any]:
         empty = torch.zeros(0, dtype=torch.float64)
@@ -157,6 +183,8 @@ class MetricSuite:
         d |= self.features.state_dict("features.")
         d |= self.diversity.state_dict("diversity.")
         d |= self.reconstruction.state_dict("reconstruction.")
+        if self.without_skip is not None:
+            d |= self.without_skip.state_dict("without_skip.")
         d |= self.nonfinite.state_dict("nonfinite.")
         return d
 
@@ -169,6 +197,8 @@ class MetricSuite:
         self.features.load_state_dict(d, "features.")
         self.diversity.load_state_dict(d, "diversity.")
         self.reconstruction.load_state_dict(d, "reconstruction.")
+        if self.without_skip is not None:
+            self.without_skip.load_state_dict(d, "without_skip.")
         self.nonfinite.load_state_dict(d, "nonfinite.")
 
 

@@ -1,0 +1,82 @@
+"""`saedoctor filter --format circuit-tracer`: a transcoder set's always-on features in the
+shape circuit-tracer consumes — `{layer: [ids]}` keyed by the set's layer index, with each
+feature's density, and the same as a boolean mask `[n_layers, d_transcoder]`.
+
+Never a union across layers: feature 294 of layer 3 and feature 294 of layer 7 are different
+features (docs/circuit_tracing.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saedoctor.errors import InputError
+from saedoctor.report.always_on import always_on_features
+from saedoctor.report.filter import FILTER_SCHEMA, model_of
+
+MASK_TENSOR = "exclude"
+
+
+@dataclass
+class Exclusions:
+    """What a circuit-tracing run should leave out of its graph."""
+
+    model: str | None
+    threshold: float
+    n_layers: int
+    d_transcoder: int
+    layers: dict[int, list[dict[str, Any]]]  # layer -> [{"id", "density"}], every layer listed
+
+    def mask(self) -> torch.Tensor:
+        """`[n_layers, d_transcoder]`, True where a feature is excluded."""
+        out = torch.zeros(self.n_layers, self.d_transcoder, dtype=torch.bool)
+        for layer, features in self.layers.items():
+            out[layer, [f["id"] for f in features]] = True
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "schema": FILTER_SCHEMA,
+            "format": "circuit-tracer",
+            "model": self.model,
+            "threshold": self.threshold,
+            "n_layers": self.n_layers,
+            "d_transcoder": self.d_transcoder,
+            "mask": {"file": "exclude_mask.safetensors", "tensor": MASK_TENSOR,
+                     "shape": [self.n_layers, self.d_transcoder]},  # fmt: skip
+            "exclude": {str(layer): ids for layer, ids in sorted(self.layers.items())},
+        }
+
+
+def circuit_tracer_exclusions(document: dict[str, Any], source: str) -> Exclusions:
+    """The always-on features of every transcoder of a report; InputError (naming `source`)
+    when it holds none, or when they do not form one set (two at a layer, mixed widths)."""
+    entries = [e for e in document["saes"] if (e.get("config") or {}).get("kind") == "transcoder"]
+    if not entries:
+        raise InputError(f"{source}: no transcoder in this report; --format circuit-tracer "
+                         "needs a report of transcoders (kind: transcoder)")  # fmt: skip
+    widths = {e["config"]["d_sae"] for e in entries}
+    if len(widths) > 1:
+        raise InputError(f"{source}: transcoders of different widths {sorted(widths)}; "
+                         "expected one transcoder set")  # fmt: skip
+    layers: dict[int, list[dict[str, Any]]] = {}
+    for entry in entries:
+        layer = (entry.get("site") or {}).get("layer")
+        if layer is None or layer in layers:
+            why = "has no layer" if layer is None else f"shares layer {layer} with another"
+            raise InputError(f"{source}: transcoder {entry['name']} {why}; expected one "
+                             "transcoder per layer")  # fmt: skip
+        layers[layer] = [f.as_json() for f in always_on_features(entry)]
+    n_layers = _n_layers(document, max(layers) + 1)
+    layers = {layer: layers.get(layer, []) for layer in range(n_layers)}
+    threshold = (document["run"].get("options") or {}).get("always_on_threshold", 0.8)
+    return Exclusions(model_of(document), threshold, n_layers, widths.pop(), layers)
+
+
+def _n_layers(document: dict[str, Any], needed: int) -> int:
+    """The model's block count when the report knows it (circuit-tracer's sets span it)."""
+    model = document["run"].get("model") or {}
+    n = model.get("n_layers")
+    return n if isinstance(n, int) and n >= needed else needed
