@@ -78,6 +78,8 @@ def report(loaded: LoadedModel, corpus, dictionaries: list[Dictionary], **change
     info = run_on_model(opts, units, loaded)
     document = {"schema": "saedoctor.report/1", "run": run_metadata(opts, info, 0.0),
                 "saes": [sae_entry(u, info, opts) for u in units]}  # fmt: skip
+    if info.get("transcoder_set") is not None:
+        document["transcoder_set"] = info["transcoder_set"]
     apply_health(document, load_policy(None))
     return document
 
@@ -227,3 +229,93 @@ def test_filter_circuit_tracer_refuses_a_report_without_transcoders(
     assert "no transcoder in this report" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "ct").exists()
+
+
+@torch.no_grad()
+def replacement_model_reference(loaded: LoadedModel, corpus, tcs: list[Dictionary]) -> dict:
+    """Float64 CE / KL of the model with every transcoder's MLP replaced in one forward (each
+    transcoder reads the MLP input of that run), and with all those MLPs zeroed."""
+    from saedoctor.activations.batches import token_batches
+    from saedoctor.activations.corpus import iter_documents
+
+    model = loaded.model
+    mlps = [model.transformer.h[tc.site.layer].mlp for tc in tcs]
+    batches = token_batches(loaded.tokenizer, iter_documents(str(corpus)), context=32,
+                            batch_size=4, max_tokens=2048)  # fmt: skip
+    sums = {"clean": [], "set": [], "zero": []}
+    kls: dict[str, list] = {"set": [], "zero": []}
+    for batch in batches:
+        ids, counted = batch.input_ids, batch.counted
+
+        def logp_with(replace, ids=ids, counted=counted) -> torch.Tensor:
+            hooks = [m.register_forward_hook(lambda m, a, o, tc=tc: replace(tc, a[0], o, counted))
+                     for m, tc in zip(mlps, tcs, strict=True)]  # fmt: skip
+            try:
+                return model(input_ids=ids).logits.double().log_softmax(-1)
+            finally:
+                for h in hooks:
+                    h.remove()
+
+        def spliced(tc, x, y, counted):
+            out = y.clone()
+            out[counted] = tc(x[counted])[0].to(y.dtype)
+            return out
+
+        logp = {"clean": model(input_ids=ids).logits.double().log_softmax(-1),
+                "set": logp_with(spliced),
+                "zero": logp_with(lambda tc, x, y, c: torch.zeros_like(y))}  # fmt: skip
+        mask = counted[:, :-1] & batch.real()[:, 1:]
+        for name, lp in logp.items():
+            nll = -lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+            sums[name].append(nll[mask])
+        p = logp["clean"].exp()
+        for name in kls:
+            kls[name].append((p * (logp["clean"] - logp[name])).sum(-1)[counted])
+    ce = {k: float(torch.cat(v).mean()) for k, v in sums.items()}
+    return {"ce_clean": ce["clean"], "ce_sae": ce["set"], "ce_ablated": ce["zero"],
+            "loss_recovered": (ce["zero"] - ce["set"]) / (ce["zero"] - ce["clean"]),
+            "kl_sae": float(torch.cat(kls["set"]).mean()),
+            "kl_ablated": float(torch.cat(kls["zero"]).mean())}  # fmt: skip
+
+
+def test_a_transcoder_set_spliced_whole_matches_a_replacement_model(
+    linear_gpt2, text_corpus
+) -> None:
+    tcs = [transcoder(linear_gpt2.model, skip=False, layer=layer, seed=layer)
+           for layer in (0, 2)]  # fmt: skip
+    document = report(linear_gpt2, text_corpus, tcs)
+    whole = document["transcoder_set"]
+    assert whole["layers"] == [0, 2]
+    ref = replacement_model_reference(linear_gpt2, text_corpus, tcs)
+    for key, want in ref.items():
+        assert whole["metrics"][key] == pytest.approx(want, rel=1e-4, abs=1e-5), key
+    # Spliced together, the errors of the two compound: not what either costs alone.
+    alone = [e["metrics"]["ce_sae"] for e in document["saes"]]
+    assert all(whole["metrics"]["ce_sae"] != pytest.approx(a, abs=1e-3) for a in alone)
+
+
+def test_an_exact_transcoder_set_recovers_all_the_loss(linear_gpt2, text_corpus) -> None:
+    tcs = [transcoder(linear_gpt2.model, skip=True, layer=layer) for layer in (0, 1, 2)]
+    metrics = report(linear_gpt2, text_corpus, tcs)["transcoder_set"]["metrics"]
+    assert metrics["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["kl_sae"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_view_shows_the_set_and_validates(linear_gpt2, text_corpus) -> None:
+    from rich.console import Console
+
+    from saedoctor.report.fields import format_metric
+    from saedoctor.report.html import render_html
+    from saedoctor.report.markdown import render_markdown
+    from saedoctor.report.schema import validate_report
+    from saedoctor.report.terminal import print_report
+
+    tcs = [transcoder(linear_gpt2.model, skip=True, layer=layer) for layer in (0, 2)]
+    document = report(linear_gpt2, text_corpus, tcs)
+    validate_report(document, "run.json")
+    shown = format_metric("loss_recovered", document["transcoder_set"]["metrics"]["loss_recovered"])
+    console = Console(record=True, width=160)
+    print_report(document, console)
+    for text in (console.export_text(), render_markdown(document), render_html(document)):
+        assert "transcoder set, spliced in together" in text.lower()
+        assert "layers 0, 2" in text and shown in text

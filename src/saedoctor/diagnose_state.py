@@ -89,8 +89,10 @@ def weights_digest(sae: torch.nn.Module) -> str:
     config fields that change its output: the loaded weights, whatever the file format."""
     h = hashlib.sha256()
     cfg = sae.cfg
-    h.update(repr((cfg.architecture, cfg.d_in, cfg.d_sae, cfg.k,
-                   cfg.apply_b_dec_to_input)).encode())  # fmt: skip
+    fields = (cfg.architecture, cfg.d_in, cfg.d_sae, cfg.k, cfg.apply_b_dec_to_input)
+    if cfg.is_transcoder:  # where it reads and writes changes what it measures
+        fields += (str(cfg.site), str(cfg.output_site), cfg.d_target, cfg.skip)
+    h.update(repr(fields).encode())
     for name, t in sorted(sae.state_dict().items()):
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -157,7 +159,8 @@ class MainPassState:
 
         tensors: dict[str, torch.Tensor] = {}
         for i, unit in enumerate(self.units):
-            tensors |= {f"{i}.suite.{k}": v for k, v in unit.suite.state_dict().items()}
+            if unit.suite is not None:  # a transcoder set has downstream sums only
+                tensors |= {f"{i}.suite.{k}": v for k, v in unit.suite.state_dict().items()}
             tensors |= unit.downstream.state_dict(f"{i}.downstream.")
         meta = {"identity": self.identity, "totals": totals, "batches_done": self.batches_done}
         data = save({k: v.contiguous() for k, v in tensors.items()},
@@ -176,7 +179,8 @@ class MainPassState:
                              "inputs, or delete the file to start over")  # fmt: skip
         try:
             for i, unit in enumerate(self.units):
-                unit.suite.load_state_dict(_prefixed(tensors, f"{i}.suite."))
+                if unit.suite is not None:
+                    unit.suite.load_state_dict(_prefixed(tensors, f"{i}.suite."))
                 unit.downstream.load_state_dict(_prefixed(tensors, f"{i}.downstream."))
         except (KeyError, ValueError) as err:
             raise InputError(f"{self.path}: inconsistent diagnose state ({err})") from err

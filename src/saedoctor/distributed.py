@@ -170,17 +170,19 @@ def gather_main_pass(units: list[Any], totals: dict[str, int], state: Any = None
     return merged
 
 
-def _unit_state(unit: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return unit.suite.state_dict(), unit.downstream.state_dict()
+def _unit_state(unit: Any) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]:
+    suite = None if unit.suite is None else unit.suite.state_dict()  # a transcoder set: None
+    return suite, unit.downstream.state_dict()
 
 
 def _merge_unit(unit: Any, unit_state: tuple[dict, dict]) -> None:
     from saedoctor.metrics.downstream import Downstream
 
     suite_state, down_state = unit_state
-    other = type(unit.suite)(**unit.suite.config)
-    other.load_state_dict(suite_state)
-    unit.suite.merge(other)
+    if unit.suite is not None:
+        other = type(unit.suite)(**unit.suite.config)
+        other.load_state_dict(suite_state)
+        unit.suite.merge(other)
     down = Downstream()
     down.load_state_dict(down_state)
     unit.downstream.merge(down)

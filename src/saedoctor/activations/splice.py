@@ -15,7 +15,8 @@ them. The first batch checks that against a full ablated run and falls back if i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,16 @@ from saedoctor.sae.site import Site
 _FINAL_NORMS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
                 "gpt_neox.final_layer_norm")  # fmt: skip
 _HEADS = ("lm_head", "embed_out")
+
+
+@dataclass(frozen=True)
+class Replacer:
+    """Replace `output_site` with `fn(input, output)`, `input` read at `input_site` (an
+    input kind: mlp_in or resid_pre) in the same run."""
+
+    input_site: Site
+    output_site: Site
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def start_block(site: Site) -> int:
@@ -117,6 +128,43 @@ class Splicer:
             return self._run_from(start, _hidden_of(*self._inputs[start]))
         finally:
             handle.remove()
+
+    @torch.inference_mode()
+    def patched_live(self, replacers: list[Replacer]) -> torch.Tensor:
+        """Logits with several sites replaced at once, each by a function of what its input
+        site holds *in this run* (a transcoder set: the transcoder at block 5 reads the
+        stream that the transcoders below it already changed, as a replacement model does)."""
+        seen: dict[Site, torch.Tensor] = {}
+        handles = []
+        for r in replacers:
+            handles.append(self._watch_input(r.input_site, seen))
+            handles.append(self._replace_with(r, seen))
+        try:
+            if not self.resumable:
+                return self.model(input_ids=self._input_ids, use_cache=False).logits
+            start = min(min(start_block(r.input_site), start_block(r.output_site))
+                        for r in replacers)  # fmt: skip
+            return self._run_from(start, _hidden_of(*self._inputs[start]))
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _watch_input(self, site: Site, seen: dict[Site, torch.Tensor]) -> Any:
+        module = site_module(self.blocks[site.layer], site.kind)
+
+        def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen[site] = module_input(args, kwargs)
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def _replace_with(self, r: Replacer, seen: dict[Site, torch.Tensor]) -> Any:
+        module = site_module(self.blocks[r.output_site.layer], r.output_site.kind)
+
+        def post(_m: nn.Module, _a: tuple, out: Any) -> Any:
+            value = r.fn(seen[r.input_site], _first_tensor(out))
+            return value if isinstance(out, torch.Tensor) else (value, *out[1:])
+
+        return module.register_forward_hook(post)
 
     @torch.inference_mode()
     def zero_ablated(self, site: Site, counted: torch.Tensor) -> torch.Tensor:

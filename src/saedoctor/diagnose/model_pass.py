@@ -36,6 +36,7 @@ class ModelPass:
     opts: DiagnoseOptions
     units: list[SAEUnderTest]
     state: Any = None  # saedoctor.diagnose_state.MainPassState
+    tset: Any = None  # saedoctor.diagnose.transcoder_set.SpliceSet: the set spliced whole
 
     def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -73,7 +74,7 @@ class ModelPass:
 
         def downstream(batch: Any) -> None:
             if batch.counted.any():  # a half of a split batch may have nothing counted
-                downstream_batch(splicer, self.units, batch, self.opts.device)
+                downstream_batch(splicer, self.units, batch, self.opts.device, self.tset)
 
         metrics_only = self._metric_step(suite_sink)
         primed = False
@@ -153,6 +154,7 @@ class ModelPass:
                 self._guarded(part, step)
             return
         snapshot = [(u.suite.state_dict(), u.downstream.state_dict()) for u in self.units]
+        set_snapshot = None if self.tset is None else self.tset.downstream.state_dict()
         try:
             step(batch)
             return
@@ -167,6 +169,8 @@ class ModelPass:
         for unit, (suite, down) in zip(self.units, snapshot, strict=True):
             unit.suite.load_state_dict(suite)
             unit.downstream.load_state_dict(down)
+        if set_snapshot is not None:
+            self.tset.downstream.load_state_dict(set_snapshot)
         _out_of_memory(self.loaded.model, rows, self.opts.device)
         for part in split_batch(batch):
             self._guarded(part, step)
@@ -271,7 +275,8 @@ def _kept_rows(x_ok: torch.Tensor | None, out_ok: torch.Tensor | None) -> torch.
 
 
 @torch.inference_mode()
-def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device: str) -> None:
+def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device: str,
+                     tset: Any = None) -> None:  # fmt: skip
     from saedoctor.activations.stream import counted_rows
     from saedoctor.metrics.downstream import CleanDistribution
 
@@ -308,6 +313,10 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
         unit.downstream.add_clean(clean.ce, ce_m)
         for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[out_site])):
             unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
+    if tset is not None:
+        from saedoctor.diagnose.transcoder_set import set_batch
+
+        set_batch(splicer, tset, clean, positions, ce_mask, kl_mask)
 
 
 def _skip_positions(unit: SAEUnderTest, skipped: torch.Tensor, first_sequence: int) -> None:

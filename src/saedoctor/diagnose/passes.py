@@ -12,6 +12,7 @@ import torch
 from saedoctor import distributed
 from saedoctor.diagnose.model_pass import ModelPass, feed
 from saedoctor.diagnose.options import DiagnoseOptions
+from saedoctor.diagnose.transcoder_set import set_entry, splice_set
 from saedoctor.diagnose.units import SAEUnderTest, check_against_model, new_suite, suite_sink
 from saedoctor.errors import InputError
 from saedoctor.metrics.finite import RowOrigin
@@ -27,19 +28,24 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
     if loaded_model is not None or opts.device_map is not None or opts.quantize is not None:
         follow_sites(loaded, units)  # a model placed by the caller: SAEs go where it is
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
-    state = main_pass_state(opts, loaded, units)
-    passes = ModelPass(loaded, opts, units, state)
+    tset = splice_set(units) if opts.downstream else None
+    accumulators = [] if tset is None else [tset]
+    state = main_pass_state(opts, loaded, units, accumulators)
+    passes = ModelPass(loaded, opts, units, state, tset)
     with state.signals():
         if opts.downstream:
             info = passes.run_downstream(opts.corpus, opts.tokens,
                                          "diagnose (with downstream loss)")  # fmt: skip
         else:
             info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
-    info = distributed.gather_main_pass(units, info, state)  # under torchrun: rank 0 goes on
+    # under torchrun: rank 0 goes on
+    info = distributed.gather_main_pass(units + accumulators, info, state)
     passes.state = None  # the secondary passes rerun from scratch on resume
     _require_tokens(info, opts.corpus)
     extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
+    if tset is not None:
+        extras["transcoder_set"] = set_entry(tset)
     return {"model": model_info, **info, **extras, "state_file": state.path}
 
 
@@ -65,8 +71,10 @@ def secondary_passes(passes: ModelPass, units: list[SAEUnderTest], state: Any,
     return extras
 
 
-def main_pass_state(opts: DiagnoseOptions, loaded: Any, units: list[SAEUnderTest]) -> Any:
-    """The saver / resumer of the main pass; its file is `opts.state_file` or in the cache."""
+def main_pass_state(opts: DiagnoseOptions, loaded: Any, units: list[SAEUnderTest],
+                    extras: list[Any] = ()) -> Any:  # fmt: skip
+    """The saver / resumer of the main pass; its file is `opts.state_file` or in the cache.
+    `extras` hold accumulators beyond the units' (a transcoder set's)."""
     from saedoctor.diagnose_state import MainPassState, cached_state_path, identity
 
     tokenizer = loaded.tokenizer
@@ -74,7 +82,7 @@ def main_pass_state(opts: DiagnoseOptions, loaded: Any, units: list[SAEUnderTest
              "vocab": len(tokenizer), "tokenizer": type(tokenizer).__name__}  # fmt: skip
     ident = identity(opts, model, units)
     path = Path(opts.state_file) if opts.state_file else cached_state_path(ident)
-    return MainPassState(path, ident, units, opts.tokens, opts.checkpoint_minutes)
+    return MainPassState(path, ident, [*units, *extras], opts.tokens, opts.checkpoint_minutes)
 
 
 def first_letter_on_model(loaded: Any, units: list[SAEUnderTest], opts: DiagnoseOptions) -> dict:

@@ -52,6 +52,8 @@ def diagnose(
         "run": run_metadata(opts, info, 0.0),
         "saes": [sae_entry(u, info, opts) for u in units],
     }
+    if info.get("transcoder_set") is not None:
+        document["transcoder_set"] = info["transcoder_set"]
     apply_health(document, policy)
     document["run"]["wall_time_s"] = round(time.perf_counter() - start, 3)
     if not opts.keep_state:

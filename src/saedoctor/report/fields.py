@@ -30,6 +30,8 @@ ROWS: tuple[Row, ...] = (
     Row("ce_sae", "CE with SAE", "f4"),
     Row("ce_ablated", "CE zero-ablated", "f4"),
     Row("kl_score", "KL score", "f4"),
+    Row("error_share", "error share ‖x−x̂‖²/‖x‖²", "f4"),
+    Row("variance_explained_without_skip", "variance explained, no skip", "f4"),
     Row("mse", "MSE", "g4"),
     Row("cossim", "cosine(x, x̂)", "f4"),
     Row("l2_ratio", "‖x̂‖/‖x‖", "f4"),

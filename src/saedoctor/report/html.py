@@ -187,5 +187,9 @@ def render_html(document: dict[str, Any]) -> str:
     if len(document["saes"]) > 1:
         body.append(html_overview(document, figs))
     body += [html_sae(document, e, i, figs) for i, e in enumerate(document["saes"])]
+    tset = sections.transcoder_set_table(document)
+    if tset is not None:
+        body.append(f'<section id="transcoder-set"><h2>{escape(sections.SET_TITLE)}</h2>'
+                    + html_table(tset) + "</section>")
     body.append(html_sweep(document))
     return page(f"saedoctor report: {model}", "".join(body))

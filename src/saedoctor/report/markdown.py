@@ -100,5 +100,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         out += md_overview(document)
     for entry in document["saes"]:
         out += md_sae(entry, document["run"].get("corpus"))
+    tset = sections.transcoder_set_table(document)
+    if tset is not None:
+        out += ["", f"## {sections.SET_TITLE.capitalize()}", "", md_table(tset)]
     out += md_sweep(document)
     return "\n".join(out) + "\n"

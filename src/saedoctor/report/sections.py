@@ -172,3 +172,26 @@ def corpus_summary(comparison: dict[str, Any]) -> str:
         + f": density JSD {format_value(jsd, 'f4')} bits; {len(appeared)} features appeared "
         f"(alive only there), {len(disappeared)} disappeared (alive only on the main corpus)"
     )
+
+
+SET_TITLE = "transcoder set, spliced in together"
+_SET_ROWS = ("loss_recovered", "ce_clean", "ce_sae", "ce_ablated", "kl_sae", "kl_ablated",
+             "kl_score")  # fmt: skip
+
+
+def transcoder_set_table(document: dict[str, Any]) -> Table | None:
+    """The replacement model's loss (every transcoder of the run spliced in at once), beside
+    nothing else: each member's own splice is in its section."""
+    from saedoctor.report.fields import LABELS, format_metric
+
+    tset = document.get("transcoder_set")
+    if not tset:
+        return None
+    metrics = tset.get("metrics") or {}
+    labels = {**LABELS, "ce_sae": "CE with the set", "kl_sae": "KL with the set",
+              "kl_ablated": "KL all ablated", "ce_ablated": "CE all ablated"}  # fmt: skip
+    rows = [[Cell(labels.get(k, k)), Cell(format_metric(k, metrics.get(k)))] for k in _SET_ROWS]
+    layers = ", ".join(str(layer) for layer in tset.get("layers") or [])
+    note = (f"layers {layers}: each transcoder reads the stream the ones below it changed; "
+            "ablated = all those MLPs zeroed")  # fmt: skip
+    return Table(["metric", "value"], rows, note)

@@ -108,4 +108,8 @@ def print_report(document: dict[str, Any], console: Console | None = None) -> No
         print_overview(document, console)
     for entry in document["saes"]:
         print_sae(entry, console, document["run"].get("corpus"))
+    tset = sections.transcoder_set_table(document)
+    if tset is not None:  # a rule, not a table title: a title wraps to the narrow table
+        console.print(Rule(Text(sections.SET_TITLE, style="bold")))
+        show(console, tset)
     print_sweep(document, console)
