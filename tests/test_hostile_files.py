@@ -416,3 +416,33 @@ def test_dictionary_learning_buffer_not_an_object(tmp_path: Path) -> None:
            "buffer": [64]}
     (folder / "config.json").write_text(json.dumps(cfg))
     assert "'buffer'" in one_line_error(folder, folder / "config.json")
+
+
+# -- transcoder formats -------------------------------------------------------------------
+def test_yaml_alias_bomb_in_circuit_tracer_config(tmp_path: Path) -> None:
+    """A few hundred bytes of nested YAML aliases expand to 10**9 entries if copied whole."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    layer = {"W_enc": torch.ones(4, 3), "W_dec": torch.ones(4, 3), "b_enc": torch.zeros(4),
+             "b_dec": torch.zeros(3)}  # fmt: skip
+    save_file(layer, str(folder / "layer_0.safetensors"))
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines += ["model_kind: transcoder_set", "feature_input_hook: mlp.hook_in",
+              "feature_output_hook: mlp.hook_out"]  # fmt: skip
+    (folder / "config.yaml").write_text("\n".join(lines))
+    sae = load_sae(folder)  # the bomb sits in keys saedoctor ignores
+    assert "a8" not in sae.cfg.metadata["circuit_tracer_config"]
+
+
+def test_nan_in_gemma_scope_npz_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    arrays = {"W_enc": np.ones((3, 4), np.float32), "W_dec": np.ones((4, 3), np.float32),
+              "b_enc": np.zeros(4, np.float32), "b_dec": np.zeros(3, np.float32),
+              "threshold": np.array([0.1, np.nan, 0.1, 0.1], np.float32)}  # fmt: skip
+    np.savez(tmp_path / "params.npz", **arrays)
+    with pytest.raises(InputError) as e:
+        load_sae(tmp_path / "params.npz")
+    msg = str(e.value)
+    assert "\n" not in msg and "params.npz" in msg and "threshold" in msg and "non-finite" in msg

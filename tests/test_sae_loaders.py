@@ -102,12 +102,13 @@ def test_sparsify_several_hookpoints_refused(tmp_path: Path) -> None:
     assert load_sae(run / "layers.1.mlp").cfg.site == Site(1, "mlp_out")
 
 
-def test_sparsify_expansion_factor_and_transcoder(tmp_path: Path) -> None:
+def test_sparsify_expansion_factor_and_unsupported_option(tmp_path: Path) -> None:
     write_sparsify(tmp_path / "a", num_latents=0, expansion_factor=D_SAE // D_IN + 1)
     with pytest.raises(InputError, match="shape"):
         load_sae(tmp_path / "a")
-    write_sparsify(tmp_path / "b", transcode=True)
-    with pytest.raises(InputError, match="transcode"):
+    # Transcoders load now (tests/test_transcoder_loaders.py); embed_skip still cannot.
+    write_sparsify(tmp_path / "b", embed_skip=True)
+    with pytest.raises(InputError, match="embed_skip"):
         load_sae(tmp_path / "b")
 
 

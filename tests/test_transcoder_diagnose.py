@@ -66,14 +66,15 @@ def run(loaded: LoadedModel, corpus, dictionaries: list[Dictionary], **changes) 
     return report(loaded, corpus, dictionaries, **changes)["saes"]
 
 
-def report(loaded: LoadedModel, corpus, dictionaries: list[Dictionary], **changes) -> dict:
+def report(loaded: LoadedModel, corpus, dictionaries: list[Dictionary], path: str = "-",
+           **changes) -> dict:  # fmt: skip
     """The graded report document of a run over in-memory dictionaries."""
     from saedoctor.diagnose.entries import run_metadata
     from saedoctor.health import apply_health, load_policy
 
     opts = DiagnoseOptions(model="tiny", corpus=str(corpus), tokens=2048, context=32,
                            batch_size=4, quiet=True, explain_tokens=256, **changes)  # fmt: skip
-    units = [SAEUnderTest(f"tc{i}", "-", d, new_suite(d, opts))
+    units = [SAEUnderTest(f"tc{i}", path, d, new_suite(d, opts))
              for i, d in enumerate(dictionaries)]  # fmt: skip
     info = run_on_model(opts, units, loaded)
     document = {"schema": "saedoctor.report/1", "run": run_metadata(opts, info, 0.0),
@@ -319,3 +320,49 @@ def test_every_view_shows_the_set_and_validates(linear_gpt2, text_corpus) -> Non
     for text in (console.export_text(), render_markdown(document), render_html(document)):
         assert "transcoder set, spliced in together" in text.lower()
         assert "layers 0, 2" in text and shown in text
+
+
+def test_fold_moves_an_always_on_feature_into_b_dec_at_no_cost(
+    linear_gpt2, text_corpus, tmp_path
+) -> None:
+    """A planted always-on feature that fires at a constant 50 on every token: folding it at
+    its measured mean is exact, so the folded set reconstructs and splices exactly as the
+    original, with no always-on feature left."""
+    from typer.testing import CliRunner
+
+    from saedoctor.cli import app
+    from saedoctor.report.document import write_report
+    from saedoctor.sae.loaders import load_dictionaries, save_circuit_tracer
+
+    planted = [transcoder(linear_gpt2.model, skip=False, planted=True, layer=layer, seed=layer)
+               for layer in range(N_LAYERS)]  # fmt: skip
+    save_circuit_tracer(planted, tmp_path / "set")
+    original = load_dictionaries(tmp_path / "set")
+    before = report(linear_gpt2, text_corpus, original, path=str(tmp_path / "set"))
+    write_report(before, tmp_path / "run.json")
+    result = CliRunner().invoke(app, ["filter", str(tmp_path / "run.json"), "--format",
+                                      "circuit-tracer", "--out", str(tmp_path / "ct"),
+                                      "--fold"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folded = load_dictionaries(tmp_path / "ct" / "folded")
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(5))
+    for old, new in zip(original, folded, strict=True):
+        assert torch.allclose(new(x)[0], old(x)[0], atol=1e-4)
+        assert not new.encode(x).dense()[:, 0].any()  # feature 0 is gone
+        assert torch.allclose(new.b_dec, old.b_dec + 50.0 * old.W_dec[0], atol=1e-4)
+    after = report(linear_gpt2, text_corpus, folded, path=str(tmp_path / "ct" / "folded"))
+    for b, a in zip(before["saes"], after["saes"], strict=True):
+        assert b["metrics"]["always_on_count"] == 1 and a["metrics"]["always_on_count"] == 0
+        for key in ("variance_explained", "loss_recovered"):
+            # float32 outputs of norm ~1e3: the folded b_dec sums in another order
+            assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-5), key
+
+
+def test_fold_needs_the_circuit_tracer_format_and_a_directory(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from saedoctor.cli import app
+
+    (tmp_path / "run.json").write_text("{}")
+    result = CliRunner().invoke(app, ["filter", str(tmp_path / "run.json"), "--fold"])
+    assert result.exit_code == 2 and "--fold" in result.output

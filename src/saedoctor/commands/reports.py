@@ -77,6 +77,9 @@ def filter_command(
     out: Annotated[Path | None, typer.Option(
         help="write the filter JSON here (circuit-tracer: a directory)")] = None,
     fmt: Annotated[str, typer.Option("--format", help=" | ".join(FILTER_FORMATS))] = "saedoctor",
+    fold: Annotated[bool, typer.Option(
+        help="circuit-tracer: also write OUT/folded, the transcoder set with each always-on "
+             "feature's mean output moved into b_dec and the feature removed")] = False,
 ) -> None:  # fmt: skip
     """Always-on feature ids per SAE / layer, as JSON for circuit-tracing tools."""
     from saedoctor.atomic import atomic_write_json
@@ -86,9 +89,11 @@ def filter_command(
     with handled_errors():
         if fmt not in FILTER_FORMATS:
             raise InputError(f"--format {fmt!r}: expected one of {', '.join(FILTER_FORMATS)}")
+        if fold and (fmt != "circuit-tracer" or out is None):
+            raise InputError("--fold: expected --format circuit-tracer and --out DIR")
         document = read_report(run_json)
         if fmt == "circuit-tracer":
-            result = _circuit_tracer_filter(document, run_json, out)
+            result = _circuit_tracer_filter(document, run_json, out, fold)
         else:
             result = always_on_filter(document)
             if out is not None:
@@ -96,8 +101,10 @@ def filter_command(
         typer.echo(json.dumps(result, indent=1))
 
 
-def _circuit_tracer_filter(document: dict, run_json: Path, out: Path | None) -> dict:
-    """The exclusion list and mask; written as a directory (whole or not at all)."""
+def _circuit_tracer_filter(document: dict, run_json: Path, out: Path | None,
+                           fold: bool = False) -> dict:  # fmt: skip
+    """The exclusion list and mask (and with `fold` the folded set); written as a directory,
+    whole or not at all."""
     from saedoctor.atomic import atomic_directory
     from saedoctor.report.circuit_tracer_filter import MASK_TENSOR, circuit_tracer_exclusions
 
@@ -110,4 +117,23 @@ def _circuit_tracer_filter(document: dict, run_json: Path, out: Path | None) -> 
     with atomic_directory(out, "--out") as tmp:
         (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
         save_file({MASK_TENSOR: exclusions.mask()}, str(tmp / result["mask"]["file"]))
+        if fold:
+            result["folded"] = _write_folded(document, tmp / "folded")
+            (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _write_folded(document: dict, directory: Path) -> dict:
+    """Each transcoder of the report, reloaded from its file, with its always-on features
+    folded at their measured mean activation; written in circuit-tracer's layout."""
+    from saedoctor.report.circuit_tracer_filter import fold_plan
+    from saedoctor.sae.fold import fold_features
+    from saedoctor.sae.loaders import load_sae, save_circuit_tracer
+
+    folded, plan = [], fold_plan(document)
+    for item in plan:
+        dictionary = load_sae(item["path"], layer=item["layer"])
+        folded.append(fold_features(dictionary, item["mean_activation"], item["path"]))
+    save_circuit_tracer(folded, directory)
+    return {"directory": "folded", "layers": {str(i["layer"]): sorted(i["mean_activation"])
+                                              for i in plan}}  # fmt: skip

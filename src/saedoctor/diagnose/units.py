@@ -49,19 +49,30 @@ Sink = Callable[[SAEUnderTest, Rows], None]
 
 
 def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
-    from saedoctor.sae.loaders import load_sae
-
     units = []
     for path in opts.saes:
-        sae = load_sae(path, layer=opts.layer, site=opts.site, device=opts.device)
-        if sae.site is None and opts.activations is None:
-            raise InputError(f"{path}: the SAE's config names no layer; pass --layer (and --site)")
-        units.append(SAEUnderTest(_unit_name(sae, path), str(path), sae, new_suite(sae, opts)))
+        for sae in _dictionaries(path, opts):
+            if sae.site is None and opts.activations is None:
+                raise InputError(
+                    f"{path}: the SAE's config names no layer; pass --layer (and --site)"
+                )
+            units.append(SAEUnderTest(_unit_name(sae, path), str(path), sae,
+                                      new_suite(sae, opts)))  # fmt: skip
     names = [u.name for u in units]
     for i, unit in enumerate(units):
         if names.count(unit.name) > 1:
             unit.name = f"{unit.name}#{i}"
     return units
+
+
+def _dictionaries(path: str, opts: DiagnoseOptions) -> list[SAE]:
+    """What one --sae path holds: every layer of a transcoder set unless --layer picks one."""
+    from saedoctor.sae.loaders import load_dictionaries, load_sae
+    from saedoctor.sae.site import parse_hook_name
+
+    if opts.layer is not None or (opts.site is not None and parse_hook_name(opts.site)):
+        return [load_sae(path, layer=opts.layer, site=opts.site, device=opts.device)]
+    return load_dictionaries(path, site=opts.site, device=opts.device)
 
 
 def _unit_name(sae: SAE, path: str) -> str:

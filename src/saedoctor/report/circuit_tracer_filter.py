@@ -80,3 +80,20 @@ def _n_layers(document: dict[str, Any], needed: int) -> int:
     model = document["run"].get("model") or {}
     n = model.get("n_layers")
     return n if isinstance(n, int) and n >= needed else needed
+
+
+def fold_plan(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per transcoder, in layer order: its file, layer, and `{feature: E[a_f]}` for its
+    always-on features, `E[a_f]` = density × mean activation when active (the mean over all
+    counted tokens, zeros included)."""
+    plan = []
+    for entry in document["saes"]:
+        if (entry.get("config") or {}).get("kind") != "transcoder":
+            continue
+        density = entry.get("feature_density") or []
+        when_active = entry.get("feature_mean_activation") or []
+        means = {f.id: density[f.id] * when_active[f.id] for f in always_on_features(entry)
+                 if f.id < min(len(density), len(when_active))}  # fmt: skip
+        plan.append({"path": entry["path"], "layer": entry["site"]["layer"],
+                     "mean_activation": means})  # fmt: skip
+    return sorted(plan, key=lambda item: item["layer"])

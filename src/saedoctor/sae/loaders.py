@@ -10,21 +10,38 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from saedoctor.errors import InputError
-from saedoctor.sae.formats import dictionary_learning, goodfire, native, sparsify
+from saedoctor.sae.formats import (
+    circuit_tracer,
+    dictionary_learning,
+    gemma_scope,
+    goodfire,
+    native,
+    sparsify,
+)
 from saedoctor.sae.formats.base import RawSAE
-from saedoctor.sae.model import SAE, SAEConfig, build_sae
-from saedoctor.sae.site import SITE_KINDS, Site, parse_hook_name
+from saedoctor.sae.model import SAE, Dictionary, SAEConfig, build_sae
+from saedoctor.sae.site import (
+    SITE_KINDS,
+    TRANSCODER_INPUT_KINDS,
+    Site,
+    is_transcoder_site,
+    parse_hook_name,
+)
 
 LoadFn = Callable[[Path], RawSAE]
 DetectFn = Callable[[Path], bool]
+# Formats holding one dictionary per layer: `(path, layer or None) -> [RawSAE, ...]`.
+SetLoadFn = Callable[[Path, "int | None"], list[RawSAE]]
 
 LOADERS: dict[str, LoadFn] = {}
 DETECTORS: dict[str, DetectFn] = {}
 EXPECTED: dict[str, str] = {}
+SET_LOADERS: dict[str, SetLoadFn] = {}
 
 RELEASE_FORMAT = "saelens_release"
 _RELEASE_ID = re.compile(r"^(?P<release>[A-Za-z0-9][\w.\-]*):(?P<sae_id>[^:/\\].*)$")
@@ -32,26 +49,47 @@ _DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 def register_loader(
-    name: str, detect: DetectFn, load: LoadFn, *, expects: str | None = None
+    name: str,
+    detect: DetectFn,
+    load: LoadFn,
+    *,
+    expects: str | None = None,
+    load_set: SetLoadFn | None = None,
 ) -> None:
-    """Add (or replace) a format; `expects` describes its files for error messages."""
+    """Add (or replace) a format; `expects` describes its files for error messages;
+    `load_set` reads formats that hold one dictionary per layer."""
     LOADERS[name] = load
     DETECTORS[name] = detect
     EXPECTED[name] = expects or name
+    SET_LOADERS.pop(name, None)
+    if load_set is not None:
+        SET_LOADERS[name] = load_set
 
 
+# Order matters: the first format whose `detect` accepts a path reads it.
 for _module, _name in (
     (native, "native"),
     (sparsify, "sparsify"),
     (dictionary_learning, "dictionary_learning"),
+    (circuit_tracer, "circuit_tracer"),
+    (gemma_scope, "gemma_scope"),
     (goodfire, "goodfire"),
 ):
-    register_loader(_name, _module.detect, _module.load, expects=_module.EXPECTS)
+    register_loader(
+        _name, _module.detect, _module.load, expects=_module.EXPECTS,
+        load_set=getattr(_module, "load_set", None),
+    )
 
 
 def save_sae(sae: SAE, directory: str | Path) -> Path:
     """Write `sae` as `cfg.json` + `sae_weights.safetensors` (SAELens 6 layout), atomically."""
     return native.save(sae, directory)
+
+
+def save_circuit_tracer(dicts: list[Dictionary], directory: str | Path) -> Path:
+    """Write per-layer transcoders as a circuit-tracer transcoder set (`config.yaml` +
+    `layer_{i}.safetensors`), atomically, so circuit-tracer can trace with them."""
+    return circuit_tracer.save(dicts, directory)
 
 
 def detect_format(path: str | Path) -> str:
@@ -76,9 +114,65 @@ def load_sae(
     """
     spec = str(path)
     fmt, target = _resolve(Path(path), spec) if format is None else _explicit(format, Path(path))
-    raw = _load_release(spec) if fmt == RELEASE_FORMAT else _read(fmt, target)
+    if fmt == RELEASE_FORMAT:
+        raw = _load_release(spec)
+    elif fmt in SET_LOADERS:
+        raw = _one_of_set(fmt, target, _wanted_layer(layer, site))
+    else:
+        raw = _read(fmt, target)
     source = spec if fmt == RELEASE_FORMAT else str(target)
     return _build(raw, fmt, source, layer=layer, site=site, device=device, dtype=dtype)
+
+
+def load_dictionaries(
+    path: str | Path,
+    *,
+    site: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    format: str | None = None,
+) -> list[Dictionary]:
+    """Every dictionary a path holds: one per layer for a transcoder set (each sited at its
+    layer, in layer order), a list of one for single-dictionary formats."""
+    spec = str(path)
+    fmt, target = _resolve(Path(path), spec) if format is None else _explicit(format, Path(path))
+    if fmt not in SET_LOADERS:
+        return [load_sae(path, site=site, device=device, dtype=dtype, format=format)]
+    raws = _read_set(fmt, target, None)
+    return [
+        _build(raw, fmt, str(target), layer=None, site=_kind_only(site), device=device,
+               dtype=dtype)
+        for raw in raws
+    ]
+
+
+def _kind_only(site: str | None) -> str | None:
+    """A set's dictionaries keep their own layers; only the kind of `site` applies."""
+    parsed = parse_hook_name(site) if site is not None else None
+    return parsed.kind if parsed is not None else site
+
+
+def _wanted_layer(layer: int | None, site: str | None) -> int | None:
+    if layer is not None or site is None:
+        return layer
+    parsed = parse_hook_name(site)
+    return parsed.layer if parsed is not None else None
+
+
+def _one_of_set(fmt: str, target: Path, layer: int | None) -> RawSAE:
+    raws = _read_set(fmt, target, layer)
+    if len(raws) == 1:
+        return raws[0]
+    layers = [r.site.layer for r in raws if r.site is not None]
+    span = f"layers {min(layers)}-{max(layers)}" if layers else f"{len(raws)} layers"
+    raise InputError(
+        f"{target}: holds {len(raws)} per-layer transcoders ({span}); pick one with --layer "
+        "(layer= in Python) or load them all with load_dictionaries"
+    )
+
+
+def _read_set(fmt: str, target: Path, layer: int | None) -> list[RawSAE]:
+    return _guarded(fmt, target, lambda: SET_LOADERS[fmt](target, layer))
 
 
 # -- finding the format -------------------------------------------------------------------
@@ -131,8 +225,12 @@ def _expected_text() -> str:
 
 # -- reading ------------------------------------------------------------------------------
 def _read(fmt: str, target: Path) -> RawSAE:
+    return _guarded(fmt, target, lambda: LOADERS[fmt](target))
+
+
+def _guarded(fmt: str, target: Path, read: Callable[[], Any]) -> Any:
     try:
-        return LOADERS[fmt](target)
+        return read()
     except InputError as e:
         if str(target) in str(e):
             raise
@@ -167,23 +265,53 @@ def _load_release(spec: str) -> RawSAE:
 
 
 # -- building -----------------------------------------------------------------------------
+def _parse_site(site: str) -> tuple[str, int | None]:
+    """(kind, layer or None) of a `site` option: a kind or a hook name."""
+    if parsed := parse_hook_name(site):
+        return parsed.kind, parsed.layer
+    if site in SITE_KINDS:
+        return site, None
+    raise InputError(
+        f"site {site!r}: expected one of {', '.join(SITE_KINDS)} "
+        "or a hook name like blocks.3.hook_resid_post"
+    )
+
+
 def _site(base: Site | None, layer: int | None, site: str | None) -> Site | None:
-    kind, site_layer = None, None
-    if site is not None:
-        if parsed := parse_hook_name(site):
-            kind, site_layer = parsed.kind, parsed.layer
-        elif site in SITE_KINDS:
-            kind = site
-        else:
-            raise InputError(
-                f"site {site!r}: expected one of {', '.join(SITE_KINDS)} "
-                "or a hook name like blocks.3.hook_resid_post"
-            )
+    kind, site_layer = _parse_site(site) if site is not None else (None, None)
     if layer is None:
         layer = site_layer if site_layer is not None else (base.layer if base else None)
     if layer is None:
         return None
     return Site(layer, kind or (base.kind if base else "resid_post"))
+
+
+def _is_transcoder(raw: RawSAE, site: str | None) -> bool:
+    """A file that cannot tell (bare Gemma Scope .npz) is a transcoder when asked to read
+    a transcoder input site."""
+    if raw.transcoder is None:
+        return site is not None and _parse_site(site)[0] in TRANSCODER_INPUT_KINDS
+    return raw.transcoder
+
+
+def _transcoder_sites(
+    raw: RawSAE, source: str, layer: int | None, site: str | None
+) -> tuple[Site | None, Site | None]:
+    """(input, output) sites of a transcoder: both move together to the chosen block."""
+    kind, site_layer = _parse_site(site) if site is not None else (None, None)
+    if kind is not None and not is_transcoder_site(kind, "input"):
+        raise InputError(
+            f"{source}: is a transcoder (reads mlp_in, writes mlp_out); --site {site} is not "
+            f"a transcoder input; expected {' or '.join(TRANSCODER_INPUT_KINDS)} or a hook "
+            "name like blocks.3.ln2.hook_normalized"
+        )
+    base_in, base_out = raw.site, raw.output_site
+    if layer is None:
+        layer = site_layer if site_layer is not None else (base_in.layer if base_in else None)
+    if layer is None:
+        return None, None
+    out_kind = base_out.kind if base_out else "mlp_out"
+    return Site(layer, kind or (base_in.kind if base_in else "mlp_in")), Site(layer, out_kind)
 
 
 def _dtype(dtype: str | None, tensors: dict[str, torch.Tensor]) -> str:
@@ -203,16 +331,23 @@ def _build(
 ) -> SAE:
     metadata = {**raw.metadata, "source_format": fmt, "source_path": source}
     try:
+        if _is_transcoder(raw, site):
+            in_site, out_site = _transcoder_sites(raw, source, layer, site)
+        else:
+            in_site, out_site = _site(raw.site, layer, site), None
         cfg = SAEConfig(
             architecture=raw.architecture,
             d_in=raw.d_in,
             d_sae=raw.d_sae,
             k=raw.k,
             apply_b_dec_to_input=raw.apply_b_dec_to_input,
-            site=_site(raw.site, layer, site),
+            site=in_site,
             model_name=raw.model_name,
             dtype=_dtype(dtype, raw.tensors),
             metadata=metadata,
+            output_site=out_site,
+            d_out=raw.d_out,
+            skip="W_skip" in raw.tensors,
         )
         _check_core_shapes(raw, source)
         sae = build_sae(cfg, raw.tensors, source)
@@ -229,12 +364,15 @@ def _build(
 def _check_core_shapes(raw: RawSAE, source: str) -> None:
     """The stored tensors must match the config before `build_sae` allocates from it: a config
     claiming d_sae = 10**9 beside a small file would otherwise allocate gigabytes first."""
+    d_out = raw.d_target
     expected = {
         "W_enc": (raw.d_in, raw.d_sae),
-        "W_dec": (raw.d_sae, raw.d_in),
+        "W_dec": (raw.d_sae, d_out),
         "b_enc": (raw.d_sae,),
-        "b_dec": (raw.d_in,),
+        "b_dec": (d_out,),
     }
+    if "W_skip" in raw.tensors:
+        expected["W_skip"] = (raw.d_in, d_out)
     for name, shape in expected.items():
         t = raw.tensors.get(name)
         if t is None:
@@ -243,5 +381,5 @@ def _check_core_shapes(raw: RawSAE, source: str) -> None:
         if tuple(t.shape) != shape:
             raise InputError(
                 f"{source}: tensor {name} has shape {tuple(t.shape)}, expected {shape} "
-                f"from the config (d_in={raw.d_in}, d_sae={raw.d_sae})"
+                f"from the config (d_in={raw.d_in}, d_sae={raw.d_sae}, d_out={d_out})"
             )

@@ -12,6 +12,10 @@ unit variance on average (`x' = s·x`, `s² = d_in / E‖x - mean‖²`; folded 
 every term is SAELens's divided by `d_in`, so the reconstruction term is a fraction of
 variance unexplained and `l1_penalty` / `sparsity_penalty` mean what SAELens's
 `l1_coefficient` / `l0_coefficient` mean.
+
+`kind="transcoder"` trains per-layer transcoders instead: the encoder reads a block's
+`mlp_in`, the decoder reconstructs the same block's `mlp_out` (optionally plus a linear
+skip, `skip=True`); input and target are rescaled separately and terms are divided by d_out.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from saedoctor.sae.arch import TOPK_ARCHITECTURES, TRAINABLE_ARCHITECTURES
 from saedoctor.sae.site import SITE_KINDS
 
 ARCHITECTURES = TRAINABLE_ARCHITECTURES
+KINDS = ("sae", "transcoder")
+# A transcoder's (input, output) site kinds, at the same block.
+TRANSCODER_SITES = ("mlp_in", "mlp_out")
 PRECISIONS = ("fp32", "bf16")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("wandb", "tensorboard")
@@ -62,6 +69,8 @@ class TrainConfig:
     layers: list[int] = option(
         [defaults.DEFAULT_LAYER], flag="--layer", help="block index (repeatable: one SAE each)")
     site: str = option(defaults.DEFAULT_SITE_KIND, help=" | ".join(SITE_KINDS))
+    kind: str = option(
+        "sae", help="sae | transcoder (reads mlp_in, reconstructs mlp_out of the same block)")
     dataset: str = option(
         defaults.DEFAULT_TRAIN_CORPUS, flag=("--dataset", "--corpus"), help="training corpus")
     text_field: str = option("text", cli=False, help="text column of jsonl/parquet/HF data")
@@ -95,6 +104,7 @@ class TrainConfig:
     dead_feature_threshold: int = option(
         DEFAULT_DEAD_TOKENS, help="tokens without firing after which AuxK treats a latent dead")
     b_dec_init: str = option("mean", help=" | ".join(B_DEC_INITS))
+    skip: bool = option(False, help="transcoder: add a trained linear skip x @ W_skip")
     learning_rate: float | None = option(
         None, help="Adam learning rate", shown_default="2e-4 / sqrt(d_sae / 2**14)")
     lr_warmup_steps: int = option(50, cli=False, help="linear warm-up steps")
@@ -160,7 +170,7 @@ class TrainConfig:
 
 
 RUN_FIELDS = (
-    "model", "layers", "site", "dataset", "text_field", "training_tokens", "context",
+    "model", "layers", "site", "kind", "dataset", "text_field", "training_tokens", "context",
     "batch_size", "gradient_accumulation", "shuffle_tokens", "include_special", "device",
     "model_dtype", "precision", "seed", "monitor_every", "always_on_threshold",
     "checkpoint_every", "checkpoint_minutes", "log_to", "wandb_project", "layer_overrides",
@@ -211,6 +221,11 @@ def _with(cfg: TrainConfig, changes: dict[str, Any], source: str, allowed: tuple
             where = "per-layer " if allowed is SAE_FIELDS else ""
             raise InputError(f"{source}: unknown {where}training field {raw_key!r}{extra}")
         updates[key] = _coerce(key, value, source)
+    if updates.get("kind") == "transcoder" and "site" not in updates:
+        # The site default is an SAE's; a transcoder's input is fixed, so `--kind transcoder`
+        # alone means mlp_in. A site given with it is checked by `validate`.
+        if cfg.site == defaults.DEFAULT_SITE_KIND:
+            updates["site"] = TRANSCODER_SITES[0]
     return replace(cfg, **updates)
 
 
@@ -263,6 +278,7 @@ def _check_run(cfg: TrainConfig) -> None:
     if len(set(cfg.layers)) != len(cfg.layers) or min(cfg.layers) < 0:
         raise InputError(f"layers={cfg.layers}: expected distinct 0-based block indices")
     _choice("site", cfg.site, SITE_KINDS)
+    _check_kind(cfg)
     for name in ("context", "batch_size", "gradient_accumulation", "shuffle_tokens"):
         _positive_int(cfg, name, 2 if name == "context" else 1)
     _positive_int(cfg, "training_tokens", MIN_TRAINING_TOKENS)
@@ -292,8 +308,23 @@ def _check_run(cfg: TrainConfig) -> None:
         _layer_range(key)
 
 
+def _check_kind(cfg: TrainConfig) -> None:
+    _choice("kind", cfg.kind, KINDS)
+    if cfg.kind == "transcoder" and cfg.site != TRANSCODER_SITES[0]:
+        raise InputError(
+            f"site={cfg.site} with kind transcoder: a transcoder reads {TRANSCODER_SITES[0]} "
+            f"and reconstructs {TRANSCODER_SITES[1]} of the same block; drop --site "
+            f"(or use --kind sae to train an SAE on {cfg.site})"
+        )
+
+
 def _check_sae(cfg: TrainConfig, where: str) -> None:
     _choice(f"{where}architecture", cfg.architecture, ARCHITECTURES)
+    if not isinstance(cfg.skip, bool):
+        raise InputError(f"{where}skip={cfg.skip!r}: expected true or false")
+    if cfg.skip and cfg.kind != "transcoder":
+        raise InputError(f"{where}skip: a linear skip needs kind transcoder (an SAE "
+                         "reconstructs its own input, which a skip would copy)")
     _choice(f"{where}b_dec_init", cfg.b_dec_init, B_DEC_INITS)
     ef = cfg.expansion_factor
     if not isinstance(ef, int | float) or not math.isfinite(ef) or ef < MIN_EXPANSION:

@@ -108,7 +108,8 @@ class _Pooler:
 
 
 class ModelSource:
-    """Activations at several sites of a language model, read in one forward per batch."""
+    """Activations at several sites of a language model, read in one forward per batch (a
+    transcoder's mlp_in and mlp_out included: every site has the model's width)."""
 
     def __init__(self, loaded: Any, sites: list[Site], corpus: str, *, text_field: str,
                  context: int, batch_size: int, shuffle_tokens: int, include_special: bool,
@@ -187,7 +188,8 @@ class ModelSource:
 
 
 class TensorSource:
-    """In-memory activations (tests, benchmarks): `{site: [N, d]}` read in order, cycled."""
+    """In-memory activations (tests, benchmarks): `{site: [N, d]}` read in order, cycled;
+    the sites hold the same tokens (a transcoder's input and target rows pair up)."""
 
     def __init__(self, acts: dict[Site, torch.Tensor] | torch.Tensor, shuffle_tokens: int,
                  site: Site | None = None, corpus: str | None = None) -> None:  # fmt: skip
@@ -197,6 +199,11 @@ class TensorSource:
         self.acts = {s: a.float() for s, a in acts.items()}
         self.sites = list(self.acts)
         self.d_in = next(iter(self.acts.values())).shape[1]
+        self.widths = {s: a.shape[1] for s, a in self.acts.items()}  # a transcoder's may differ
+        counts = {a.shape[0] for a in self.acts.values()}
+        if len(counts) > 1:
+            raise InputError(f"activations per site: expected one token count, got {sorted(counts)}"
+                             " (every site holds the same tokens in the same order)")
         self.n = next(iter(self.acts.values())).shape[0]
         self.shuffle_tokens = shuffle_tokens
 

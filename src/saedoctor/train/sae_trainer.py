@@ -22,6 +22,12 @@ a micro-batch, all divided by `d_in` so the reconstruction term is a fraction of
 
 Decoder rows stay unit-norm: the gradient component along each row is removed before the
 Adam step and rows are renormalised after it.
+
+A transcoder (`cfg.kind == "transcoder"`) encodes its input `x` (a block's mlp_in) and
+reconstructs a target `y` (its mlp_out): both are rescaled on their own (`x' = s_in·x`,
+`y' = s_out·y`), the input is not shifted by `b_dec` (which lives in the output space, and
+starts at the target's mean / median), an optional linear skip adds `x' @ W_skip`, and every
+term above reads `y'` for `x'` and `d_out` for `d_in`. Export folds both scales (`fold`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from saedoctor.sae.arch import get_architecture
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
-from saedoctor.train.config import TrainConfig, d_sae_for
+from saedoctor.train.config import TRANSCODER_SITES, TrainConfig, d_sae_for
 
 DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
 ORTHO_SAMPLE_ROWS = 512
@@ -48,6 +54,7 @@ GEOMEDIAN_TOKENS = 8192
 # ~0.1 in a few hundred steps, so they learn 10x faster.
 THRESHOLD_LR_SCALE = 10.0
 _BUFFERS = ("since_fired", "density_ema", "scale", "batchtopk_threshold")
+_TRANSCODER_BUFFERS = (*_BUFFERS, "out_scale")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -90,10 +97,14 @@ class TrainableSAE:
 
     def __init__(
         self, name: str, site: Site, cfg: TrainConfig, d_in: int, total_steps: int,
-        device: str = "cpu",
+        device: str = "cpu", *, output_site: Site | None = None, d_out: int | None = None,
     ) -> None:  # fmt: skip
         self.name, self.site, self.cfg = name, site, cfg
+        self.transcoder = cfg.kind == "transcoder"
+        self.output_site = output_site or (Site(site.layer, TRANSCODER_SITES[1])
+                                           if self.transcoder else site)  # fmt: skip
         self.d_in, self.d_sae = d_in, d_sae_for(cfg, d_in)
+        self.d_out = d_out or d_in
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.arch = cfg.architecture
@@ -110,6 +121,7 @@ class TrainableSAE:
         self.since_fired = torch.zeros(self.d_sae, dtype=torch.int64, device=self.device)
         self.density_ema = torch.zeros(self.d_sae, dtype=torch.float32, device=self.device)
         self.scale = torch.ones((), dtype=torch.float64)
+        self.out_scale = self.scale  # the target's scale: a transcoder's is its own
         self.batchtopk_threshold = torch.full((), -1.0, dtype=torch.float64)
         self.initialised = False
         # Under data-parallel torchrun: sums the firing counts and BatchTopK's statistics
@@ -119,33 +131,49 @@ class TrainableSAE:
     # -- parameters ------------------------------------------------------------------------
     def _init_params(self) -> dict[str, torch.nn.Parameter]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.site.layer)
-        w_dec = torch.randn(self.d_sae, self.d_in, generator=gen)
+        w_dec = torch.randn(self.d_sae, self.d_out, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         enc_scale = self.architecture.encoder_init_scale
+        # An SAE's encoder starts as its decoder's transpose; a transcoder's input space is
+        # another one than its output's, so its encoder directions are drawn on their own.
+        w_in = w_dec
+        if self.transcoder:
+            w_in = torch.randn(self.d_sae, self.d_in, generator=gen)
+            w_in /= w_in.norm(dim=1, keepdim=True)
         params = {
-            "W_enc": (w_dec.T * enc_scale).contiguous(),
+            "W_enc": (w_in.T * enc_scale).contiguous(),
             "b_enc": torch.zeros(self.d_sae),
             "W_dec": w_dec,
-            "b_dec": torch.zeros(self.d_in),
+            "b_dec": torch.zeros(self.d_out),
         }
         params.update(self.architecture.init_train_params(self.cfg, self.d_sae))
+        if self.cfg.skip:  # starts as no skip: the dictionary and the skip grow together
+            params["W_skip"] = torch.zeros(self.d_in, self.d_out)
         return {k: torch.nn.Parameter(v.to(self.device)) for k, v in params.items()}
 
     @torch.no_grad()
-    def initialise(self, x: torch.Tensor) -> None:
-        """Input scale and b_dec from the first pool of raw activations `[n, d_in]`."""
+    def initialise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Scales and b_dec from the first pool of raw activations `[n, d_in]` (and a
+        transcoder's targets `y [n, d_out]`)."""
         x = x.to(self.device).double()
         mean = x.mean(0)
-        var = (x - mean).pow(2).sum(1).mean().clamp_min(1e-12)
-        self.scale = torch.sqrt(self.d_in / var).cpu()
-        s = float(self.scale)
+        self.scale = _unit_variance_scale(x, mean, self.d_in)
+        target, target_mean = x, mean
+        if self.transcoder:
+            if y is None:
+                raise ValueError(f"{self.name}: a transcoder needs its target activations")
+            target = y.to(self.device).double()
+            target_mean = target.mean(0)
+        self.out_scale = (_unit_variance_scale(target, target_mean, self.d_out)
+                          if self.transcoder else self.scale)  # fmt: skip
+        s = float(self.out_scale)
         init = self.cfg.b_dec_init
         if init == "mean":
-            b = mean * s
+            b = target_mean * s
         elif init == "geometric_median":
-            b = geometric_median(x[:GEOMEDIAN_TOKENS]) * s
+            b = geometric_median(target[:GEOMEDIAN_TOKENS]) * s
         else:
-            b = torch.zeros_like(mean)
+            b = torch.zeros_like(target_mean)
         self.params["b_dec"].copy_(b.float())
         self.initialised = True
 
@@ -161,6 +189,10 @@ class TrainableSAE:
 
     def _encode(self, xs: torch.Tensor) -> torch.Tensor:
         p = self.params
+        if self.transcoder:  # b_dec lives in the output space: nothing to subtract
+            with self._autocast():
+                pre = xs @ p["W_enc"]
+            return pre.float() + p["b_enc"]
         b_dec = p["b_dec"]
         with self._autocast():
             pre = (xs - b_dec.detach()) @ p["W_enc"]
@@ -174,10 +206,25 @@ class TrainableSAE:
             out = acts @ self.params["W_dec"]
         return out.float() + self.params["b_dec"]
 
-    def micro_step(self, x: torch.Tensor, step: int, scale_loss: float) -> StepOutput:
-        """Forward and backward on one micro-batch of raw activations; grads accumulate."""
+    def _skip_term(self, xs: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            out = xs @ self.params["W_skip"]
+        return out.float()
+
+    def _target(self, xs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if not self.transcoder:
+            return xs
+        if y is None:
+            raise ValueError(f"{self.name}: a transcoder needs its target activations")
+        return y.to(self.device, torch.float32) * float(self.out_scale)
+
+    def micro_step(self, x: torch.Tensor, step: int, scale_loss: float,
+                   y: torch.Tensor | None = None) -> StepOutput:  # fmt: skip
+        """Forward and backward on one micro-batch of raw activations (and a transcoder's
+        raw targets `y`); grads accumulate. The output is on `y`'s raw scale."""
         cfg, p = self.cfg, self.params
         xs = x.to(self.device, torch.float32) * float(self.scale)
+        target = self._target(xs, y)
         pre = self._encode(xs)
         n = xs.shape[0]
         norms = p["W_dec"].norm(dim=1)
@@ -190,12 +237,14 @@ class TrainableSAE:
         else:
             x_hat = self._decode_dense(codes_vals)
             weighted = codes_vals * norms
-        residual = xs - x_hat
-        terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_in
+        if "W_skip" in p:
+            x_hat = x_hat + self._skip_term(xs)
+        residual = target - x_hat
+        terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_out
         if cfg.l1_penalty > 0:
-            terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_in
+            terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_out
         if cfg.sparsity_penalty > 0 and not self.architecture.owns_l0_penalty:
-            terms["l0"] = cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean() / self.d_in
+            terms["l0"] = cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean() / self.d_out
         if cfg.diversity_loss_weight > 0:
             terms["diversity"] = self._diversity(codes_vals, codes_idx)
         if cfg.auxk_alpha > 0:
@@ -206,7 +255,7 @@ class TrainableSAE:
         (loss * scale_loss).backward()
         with torch.no_grad():
             self._bookkeep(codes_vals, codes_idx, n)
-            inv = 1.0 / float(self.scale)
+            inv = 1.0 / float(self.out_scale)
             codes = Codes(codes_vals.detach() * inv, codes_idx, self.d_sae)
             out = StepOutput({k: float(v) for k, v in terms.items()}, codes,
                              x_hat.detach() * inv)  # fmt: skip
@@ -224,14 +273,14 @@ class TrainableSAE:
         n_dead = int(dead.sum())
         if n_dead == 0:
             return pre.new_zeros(())
-        k_aux = min(self.d_in // 2, n_dead)
-        scale = min(n_dead / (self.d_in // 2), 1.0)
+        k_aux = min(self.d_out // 2, n_dead)
+        scale = min(n_dead / (self.d_out // 2), 1.0)
         masked = torch.where(dead[None], pre, -torch.inf)
         top = masked.topk(k_aux, dim=-1, sorted=False)
         e_hat = F.embedding_bag(top.indices, self.params["W_dec"],
                                 per_sample_weights=F.relu(top.values), mode="sum")  # fmt: skip
         e = residual.detach()
-        return self.cfg.auxk_alpha * scale * (e_hat - e).pow(2).sum(-1).mean() / self.d_in
+        return self.cfg.auxk_alpha * scale * (e_hat - e).pow(2).sum(-1).mean() / self.d_out
 
     def _orthogonality(self, step: int) -> torch.Tensor:
         w = self.params["W_dec"]
@@ -275,11 +324,15 @@ class TrainableSAE:
         return lr
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def _buffers(self) -> tuple[str, ...]:
+        return _TRANSCODER_BUFFERS if self.transcoder else _BUFFERS
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "optimizer": self.opt.state_dict(),
-            "buffers": {k: getattr(self, k).detach().cpu().clone() for k in _BUFFERS},
+            "buffers": {k: getattr(self, k).detach().cpu().clone() for k in self._buffers},
             "initialised": self.initialised,
         }
 
@@ -288,16 +341,20 @@ class TrainableSAE:
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
         self.opt.load_state_dict(state["optimizer"])
-        for k in _BUFFERS:
+        for k in self._buffers:
             value = state["buffers"][k]
             keep_device = k in ("since_fired", "density_ema")
             setattr(self, k, value.to(self.device) if keep_device else value)
+        if not self.transcoder:  # an SAE's target is its input
+            self.out_scale = self.scale
         self.initialised = bool(state["initialised"])
 
     # -- export ------------------------------------------------------------------------
     @torch.no_grad()
     def export(self, model_name: str | None, metadata: dict[str, Any]) -> SAE:
         """The trained SAE on raw activations (scale folded into the biases/thresholds)."""
+        if self.transcoder:
+            return self._export_transcoder(model_name, metadata)
         s = float(self.scale)
         p = {k: v.detach().float().cpu() for k, v in self.params.items()}
         cfg = SAEConfig(self.arch, self.d_in, self.d_sae, k=self.architecture.export_k(self),
@@ -309,3 +366,29 @@ class TrainableSAE:
         sae.load_weights(tensors, self.name)
         self.architecture.finish_export(self, sae, s)
         return sae.requires_grad_(False)
+
+    def _export_transcoder(self, model_name: str | None, metadata: dict[str, Any]) -> SAE:
+        """Trained on `x' = s_in·x` towards `y' = s_out·y`: pre-activations, codes, thresholds
+        and biases divided by s_out give the same dictionary on raw x, predicting raw y."""
+        s_in, s_out = float(self.scale), float(self.out_scale)
+        p = {k: v.detach().float().cpu() for k, v in self.params.items()}
+        cfg = SAEConfig(self.arch, self.d_in, self.d_sae, k=self.architecture.export_k(self),
+                        apply_b_dec_to_input=False, site=self.site, model_name=model_name,
+                        metadata=metadata, output_site=self.output_site, d_out=self.d_out,
+                        skip=self.cfg.skip)  # fmt: skip
+        sae = SAE(cfg)
+        ratio = s_in / s_out
+        tensors = {"W_enc": p["W_enc"] * ratio, "b_enc": p["b_enc"] / s_out,
+                   "W_dec": p["W_dec"], "b_dec": p["b_dec"] / s_out}  # fmt: skip
+        if self.cfg.skip:
+            tensors["W_skip"] = p["W_skip"] * ratio
+        tensors.update(self.architecture.export_tensors(self, s_out))
+        sae.load_weights(tensors, self.name)
+        self.architecture.finish_export(self, sae, s_out)
+        return sae.requires_grad_(False)
+
+
+def _unit_variance_scale(x: torch.Tensor, mean: torch.Tensor, width: int) -> torch.Tensor:
+    """`s` with `E‖s·(x - mean)‖² = width`: unit variance per dimension on average."""
+    var = (x - mean).pow(2).sum(1).mean().clamp_min(1e-12)
+    return torch.sqrt(width / var).cpu()

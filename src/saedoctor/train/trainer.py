@@ -34,7 +34,12 @@ from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE
 from saedoctor.sae.site import Site
 from saedoctor.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from saedoctor.train.config import TrainConfig, check_against_model, d_sae_for
+from saedoctor.train.config import (
+    TRANSCODER_SITES,
+    TrainConfig,
+    check_against_model,
+    d_sae_for,
+)
 from saedoctor.train.data import ModelSource, Pool, Position, Source, TensorSource, micro_batches
 from saedoctor.train.monitor import (
     MIN_WINDOW_TOKENS,
@@ -49,6 +54,7 @@ from saedoctor.train.sae_trainer import TrainableSAE
 from saedoctor.version import __version__
 
 SUMMARY_FILE = "train.json"
+CIRCUIT_TRACER_DIR = "circuit_tracer"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -62,19 +68,35 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class SAESpec:
-    """One SAE to train: its output name, site and (layer-resolved) config."""
+    """One dictionary to train: its output name, the site it reads, its (layer-resolved)
+    config, and for a transcoder the site it reconstructs."""
 
     name: str
     site: Site
     cfg: TrainConfig
+    output_site: Site | None = None  # None: `site` (an SAE)
+
+    @property
+    def target_site(self) -> Site:
+        return self.output_site or self.site
+
+    @property
+    def sites(self) -> list[Site]:
+        """Every site the forward pass must read for this dictionary."""
+        return [self.site] if self.target_site == self.site else [self.site, self.target_site]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "layer": self.site.layer, "kind": self.site.kind,
-                "config": self.cfg.to_dict()}  # fmt: skip
+        d = {"name": self.name, "layer": self.site.layer, "kind": self.site.kind,
+             "config": self.cfg.to_dict()}  # fmt: skip
+        if self.output_site is not None:
+            d["output"] = [self.output_site.layer, self.output_site.kind]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAESpec:
-        return cls(d["name"], Site(int(d["layer"]), d["kind"]), TrainConfig(**d["config"]))
+        out = d.get("output")
+        return cls(d["name"], Site(int(d["layer"]), d["kind"]), TrainConfig(**d["config"]),
+                   Site(int(out[0]), out[1]) if out else None)  # fmt: skip
 
 
 @dataclass
@@ -92,7 +114,10 @@ class TrainResult:
 
 
 def sae_name(cfg: TrainConfig, site: Site) -> str:
-    name = f"L{site.layer}-{site.kind}-{cfg.architecture}-x{cfg.expansion_factor:g}"
+    what = site.kind
+    if cfg.kind == "transcoder":
+        what = "skip-transcoder" if cfg.skip else "transcoder"
+    name = f"L{site.layer}-{what}-{cfg.architecture}-x{cfg.expansion_factor:g}"
     return name + (f"-k{cfg.top_k}" if cfg.architecture in TOPK_ARCHITECTURES else "")
 
 
@@ -100,8 +125,14 @@ def specs_for(cfg: TrainConfig) -> list[SAESpec]:
     specs = []
     for layer in cfg.layers:
         sub, site = cfg.for_layer(layer), Site(layer, cfg.site)
-        specs.append(SAESpec(sae_name(sub, site), site, sub))
+        output = Site(layer, TRANSCODER_SITES[1]) if cfg.kind == "transcoder" else None
+        specs.append(SAESpec(sae_name(sub, site), site, sub, output))
     return specs
+
+
+def site_width(source: Source, site: Site) -> int:
+    """Width of `site`'s activations in `source` (one width for every site of a model)."""
+    return getattr(source, "widths", {}).get(site, source.d_in)
 
 
 @dataclass
@@ -143,7 +174,9 @@ class Trainer:
         self.total_steps = cfg.total_steps
         self.ranks = ranks or TrainRanks(World())
         self.saes = {
-            s.name: TrainableSAE(s.name, s.site, s.cfg, source.d_in, self.total_steps, cfg.device)
+            s.name: TrainableSAE(s.name, s.site, s.cfg, site_width(source, s.site),
+                                 self.total_steps, cfg.device, output_site=s.output_site,
+                                 d_out=site_width(source, s.target_site))
             for i, s in enumerate(specs) if self.ranks.trains(i)
         }  # fmt: skip
         for sae in self.saes.values():
@@ -152,7 +185,8 @@ class Trainer:
         live = not quiet and self.console.is_terminal
         self.loggers = list(loggers or [])
         self.monitor = HealthMonitor(  # every SAE's: rank 0 folds the other ranks' windows in
-            {s.name: (source.d_in, d_sae_for(s.cfg, source.d_in)) for s in specs}, every,
+            {s.name: (site_width(source, s.target_site),
+                      d_sae_for(s.cfg, site_width(source, s.site))) for s in specs}, every,
             always_on=cfg.always_on_threshold, console=self.console, live=live, quiet=quiet,
             loggers=self.loggers,
         )  # fmt: skip
@@ -291,7 +325,11 @@ class Trainer:
 
     def _initialise(self, pool: Pool) -> None:
         for sae in self.saes.values():
-            if not sae.initialised:
+            if sae.initialised:
+                continue
+            if sae.transcoder:
+                sae.initialise(pool.acts[sae.site], pool.acts[sae.output_site])
+            else:
                 sae.initialise(pool.acts[sae.site])
 
     def _micro(self, pool: Pool, rows: torch.Tensor) -> None:
@@ -299,7 +337,12 @@ class Trainer:
         rows = self.ranks.share(rows)
         for name, sae in self.saes.items():
             x = pool.acts[sae.site][rows]
-            out = sae.micro_step(x, step, scale)
+            if sae.transcoder:  # the monitor judges the reconstruction of the target
+                y = pool.acts[sae.output_site][rows]
+                out = sae.micro_step(x, step, scale, y)
+                x = y
+            else:
+                out = sae.micro_step(x, step, scale)
             self.monitor.update(name, x.to(out.x_hat.device), out.x_hat, out.codes, out.losses)
 
     def _optimizer_step(self, pool: Pool, used: int, size: int) -> None:
@@ -443,7 +486,8 @@ class Trainer:
             "saedoctor": __version__, "config": self.cfg.to_dict(),
             "saes": {s.name: {"path": str(paths.get(s.name, "")), "layer": s.site.layer,
                               "site": s.site.kind, "config": s.cfg.to_dict(),
-                              "final": self.monitor.latest.get(s.name)}
+                              "final": self.monitor.latest.get(s.name),
+                              **({"output_site": s.output_site.kind} if s.output_site else {})}
                      for s in self.specs},
             "steps": self.step, "tokens": tokens, "wall_time_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
@@ -452,6 +496,9 @@ class Trainer:
         if self.ranks.active:
             summary["ranks"] = {"world_size": self.ranks.world.size,
                                 "mode": "layers" if self.ranks.distribute_layers else "data"}
+        transcoders = self._gather_transcoders(saes)
+        if transcoders and self.out_dir is not None and self.ranks.is_main:
+            summary["circuit_tracer"] = self._circuit_tracer(transcoders)
         if self.out_dir is not None and self.ranks.is_main:
             from saedoctor.atomic import atomic_write_json
 
@@ -462,15 +509,34 @@ class Trainer:
                            self.monitor.warnings, self.step, tokens, wall, self.cfg,
                            summary)  # fmt: skip
 
+    def _circuit_tracer(self, transcoders: list[SAE]) -> dict[str, str]:
+        assert self.out_dir is not None
+        written = write_circuit_tracer(transcoders, self.out_dir)
+        if "skipped" in written and not self.quiet:
+            self.console.print(f"no circuit-tracer copy: {written['skipped']}", highlight=False)
+        return written
+
+    def _gather_transcoders(self, saes: dict[str, SAE]) -> list[SAE]:
+        """Every trained transcoder (from every rank under --distribute-layers), on rank 0."""
+        if not any(s.output_site is not None for s in self.specs):
+            return []
+        mine = {n: sae for n, sae in saes.items() if sae.is_transcoder}
+        if self.ranks.distribute_layers and self.ranks.active:
+            for share in self.ranks.gather_to_main(mine if not self.ranks.is_main else {}) or []:
+                mine.update(share)
+        return sorted(mine.values(), key=lambda sae: sae.site.layer)
+
     def metadata(self, spec: SAESpec, tokens: int) -> dict[str, Any]:
-        cfg = spec.cfg
+        cfg, trained = spec.cfg, self.saes[spec.name]
         trainer = {"name": "saedoctor.train", "version": __version__, **cfg.to_dict()}
         trainer.pop("layers", None)
         trainer.pop("layer_overrides", None)
         trainer.update(layer=spec.site.layer, site=spec.site.kind,
-                       effective_learning_rate=self.saes[spec.name].base_lr,
-                       d_sae=d_sae_for(cfg, self.source.d_in),
-                       input_scale=float(self.saes[spec.name].scale))  # fmt: skip
+                       effective_learning_rate=trained.base_lr,
+                       d_sae=trained.d_sae, input_scale=float(trained.scale))  # fmt: skip
+        if trained.transcoder:
+            trainer.update(output_site=trained.output_site.kind,
+                           output_scale=float(trained.out_scale))  # fmt: skip
         final = self.monitor.latest.get(spec.name) or {}
         health = {k: final.get(k) for k in ("step", "window_tokens", "always_on_count",
                                              "always_on_features", "dead_pct", "l0",
@@ -480,6 +546,21 @@ class Trainer:
             "training_tokens": tokens, "context_size": cfg.context,
             "trainer": trainer, "training_health": health,
         }  # fmt: skip
+
+
+def write_circuit_tracer(transcoders: list[SAE], out_dir: Path) -> dict[str, str]:
+    """The run's transcoders as one circuit-tracer set in `out_dir/circuit_tracer`:
+    {"path": ...}, or {"skipped": why} when that layout cannot hold them (circuit-tracer
+    has no top-k: a topk transcoder would be read as ReLU)."""
+    from saedoctor.sae import loaders
+
+    save = getattr(loaders, "save_circuit_tracer", None)
+    if save is None:
+        return {"skipped": "this saedoctor cannot write circuit-tracer sets"}
+    try:
+        return {"path": str(save(transcoders, out_dir / CIRCUIT_TRACER_DIR))}
+    except InputError as e:  # the dictionaries are saved already; only this copy is missing
+        return {"skipped": str(e)}
 
 
 # -- entry points ------------------------------------------------------------------------
@@ -560,13 +641,14 @@ def train(
     for spec in specs:
         spec.cfg.validate()
         check_against_model(spec.cfg, loaded.n_layers, loaded.d_model, loaded.name)
+    sites = sorted({site for s in specs for site in s.sites})
     source = ModelSource(
-        loaded, sorted({s.site for s in specs}), cfg.dataset, text_field=cfg.text_field,
+        loaded, sites, cfg.dataset, text_field=cfg.text_field,
         context=cfg.context, batch_size=cfg.batch_size, shuffle_tokens=cfg.shuffle_tokens,
         include_special=cfg.include_special, device=cfg.device,
     )  # fmt: skip
     source.ranks = ranks
-    source.keep = {s.site for i, s in enumerate(specs) if ranks.trains(i)}
+    source.keep = {site for i, s in enumerate(specs) if ranks.trains(i) for site in s.sites}
     console = console or stderr_console
     wandb_id = state.get("wandb_id") if state else None
     loggers = _loggers(cfg, out, out.name, wandb_id) if ranks.is_main else []
@@ -592,10 +674,14 @@ def train_on_activations(
     corpus: str | None = None,
 ) -> TrainResult:
     """Train on in-memory activations `[N, d]` (the site is `cfg`'s first layer) or
-    `{site: [N, d]}`; the same loop, monitor and checkpoints as `train`. `corpus` names where
-    they came from (recorded as the SAEs' training_corpus)."""
+    `{site: [N, d]}` (a transcoder's holds its mlp_in and mlp_out, the same tokens in the same
+    order); the same loop, monitor and checkpoints as `train`. `corpus` names where they
+    came from (recorded as the SAEs' training_corpus)."""
     cfg.validate()
     if isinstance(acts, torch.Tensor):
+        if cfg.kind == "transcoder":
+            raise InputError("a transcoder trains on {Site(L, 'mlp_in'): x, "
+                             "Site(L, 'mlp_out'): y}, not one tensor")  # fmt: skip
         acts = {Site(cfg.layers[0], cfg.site): acts}
     out = Path(out_dir) if out_dir is not None else None
     state = None
@@ -604,7 +690,7 @@ def train_on_activations(
         state = load_checkpoint(out / CHECKPOINT_FILE) if resume else None
     source = TensorSource(acts, cfg.shuffle_tokens, corpus=corpus)
     specs = specs or specs_for(cfg)
-    missing = [s.name for s in specs if s.site not in acts]
+    missing = [s.name for s in specs if any(site not in acts for site in s.sites)]
     if missing:
         raise InputError(f"no activations for the site(s) of {', '.join(missing)}")
     loggers = _loggers(cfg, out, out.name if out else "train", None) if out else []

@@ -21,7 +21,10 @@ from saedoctor.sae.site import Site
 class RawSAE:
     """What a format reader found, before dtype, device and site overrides are applied.
 
-    `tensors` already use SPEC §1 names and orientation (`W_enc [d_in, d_sae]`, ...).
+    `tensors` already use SPEC §1 names and orientation (`W_enc [d_in, d_sae]`,
+    `W_dec [d_sae, d_out]`, `b_dec [d_out]`, optional `W_skip [d_in, d_out]`).
+    `transcoder`: True when the file says the dictionary reads an MLP's input and writes its
+    output; None when the file cannot tell (a bare Gemma Scope .npz).
     """
 
     architecture: str
@@ -33,6 +36,13 @@ class RawSAE:
     site: Site | None = None
     model_name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    d_out: int | None = None  # None: d_in
+    output_site: Site | None = None  # None: the input site (an SAE)
+    transcoder: bool | None = False
+
+    @property
+    def d_target(self) -> int:
+        return self.d_in if self.d_out is None else self.d_out
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -65,9 +65,9 @@ def _from_block(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Pat
     """A directory saedoctor wrote: the block is authoritative."""
     block = cfg[BLOCK]
     arch = require(block, "architecture", path / CFG_FILE)
-    site = block.get("site")
-    if isinstance(site, dict):
-        site = Site(as_int(site.get("layer"), "site.layer", path), site.get("kind", "resid_post"))
+    site = _block_site(block.get("site"), path)
+    output_site = _block_site(block.get("output_site"), path)
+    d_out = block.get("d_out")
     tensors = dict(tensors)
     if arch == "gated" and "b_enc" not in tensors and "W_enc" in tensors:
         tensors["b_enc"] = torch.zeros(tensors["W_enc"].shape[-1], dtype=tensors["W_enc"].dtype)
@@ -79,16 +79,27 @@ def _from_block(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Pat
         tensors=tensors,
         k=None if k is None else as_int(k, "k", path),
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-        site=site if isinstance(site, Site) else None,
+        site=site,
         model_name=block.get("model_name"),
         metadata=dict(table(block, "metadata", path / CFG_FILE)),
+        d_out=None if d_out is None else as_int(d_out, "d_out", path),
+        output_site=output_site,
+        transcoder=output_site is not None and output_site != site,
     )
 
 
+def _block_site(value: Any, path: Path) -> Site | None:
+    if not isinstance(value, dict):
+        return None
+    return Site(as_int(value.get("layer"), "site.layer", path), value.get("kind", "resid_post"))
+
+
 def _is_pre_6(cfg: dict[str, Any], source: Path | str) -> bool:
-    version = cfg.get("sae_lens_version") or table(cfg, "metadata", source).get("sae_lens_version")
+    meta = table(cfg, "metadata", source)
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
     if not version:
-        return True
+        # SAELens 6 moved provenance into a nested `metadata` table; older configs had none.
+        return "metadata" not in cfg
     try:
         return int(str(version).split(".")[0]) < 6
     except ValueError:
@@ -249,11 +260,18 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
         "format_version": 1,
         "architecture": sae.cfg.architecture,
         "k": sae.cfg.k,
-        "site": {"layer": site.layer, "kind": site.kind} if site else None,
+        "site": _site_dict(site),
+        # A transcoder's decoder writes elsewhere, possibly at another width.
+        "output_site": _site_dict(sae.cfg.output_site),
+        "d_out": sae.cfg.d_out,
         "model_name": sae.cfg.model_name,
         "metadata": meta,
     }
     return json_safe(cfg)
+
+
+def _site_dict(site: Site | None) -> dict[str, Any] | None:
+    return {"layer": site.layer, "kind": site.kind} if site else None
 
 
 def saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:

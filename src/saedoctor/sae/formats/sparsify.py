@@ -3,6 +3,10 @@
 Layout: `<run>/<hookpoint>/cfg.json` + `sae.safetensors`, tensors `encoder.weight [d_sae, d_in]`,
 `encoder.bias`, `W_dec [d_sae, d_in]`, `b_dec`. Forward pass (sparse_coder.py / fused_encoder.py):
 `top_k(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`, decode `acts @ W_dec + b_dec`.
+
+Transcoders (`transcode: true`) skip the `- b_dec` and hook a module's input and output:
+on `layers.L.mlp` they read the MLP's input and write its output. Skip transcoders
+(`skip_connection: true`) add `x @ W_skip.mT`, `W_skip [d_in, d_in]` stored `[out, in]`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from saedoctor.sae.formats.base import (
     require,
     transposed,
 )
-from saedoctor.sae.site import parse_hook_name
+from saedoctor.sae.site import Site, parse_hook_name
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -28,7 +32,7 @@ EXPECTS = f"{CFG_FILE} + {WEIGHTS_FILE} (EleutherAI sparsify hookpoint folder)"
 # SparseCoderConfig defaults, used when a field is absent (sparsify does the same).
 _DEFAULTS = {"k": 32, "expansion_factor": 32, "num_latents": 0, "activation": "topk"}
 # Options that change the forward pass in ways a plain SAE cannot represent.
-_UNSUPPORTED = ("transcode", "skip_connection", "embed_skip", "gram_lookup", "signed")
+_UNSUPPORTED = ("embed_skip", "gram_lookup", "signed")
 
 
 def detect(path: Path) -> bool:
@@ -48,8 +52,7 @@ def load(path: Path) -> RawSAE:
     d_sae = num_latents or d_in * as_int(cfg["expansion_factor"], "expansion_factor", src)
     weights_path = path / WEIGHTS_FILE
     raw = read_safetensors(weights_path)
-    if "W_skip" in raw:
-        raise InputError(f"{weights_path}: skip connections (W_skip) are not supported")
+    transcode = bool(cfg.get("transcode"))
     tensors = {
         "W_enc": transposed(need(raw, ("encoder.weight",), weights_path), "encoder.weight",
                             weights_path),
@@ -57,6 +60,10 @@ def load(path: Path) -> RawSAE:
         "W_dec": need(raw, ("W_dec",), weights_path),
         "b_dec": need(raw, ("b_dec",), weights_path),
     }
+    if cfg.get("skip_connection") or "W_skip" in raw:
+        w_skip = need(raw, ("W_skip",), weights_path)
+        tensors["W_skip"] = transposed(w_skip, "W_skip", weights_path)  # applied x @ W_skip.mT
+    site, output_site = _sites(path, transcode)
     run_cfg = _run_config(path)
     metadata = {"hookpoint": path.name, "source_config": json_safe(cfg)}
     if run_cfg:
@@ -70,11 +77,26 @@ def load(path: Path) -> RawSAE:
         d_sae=d_sae,
         tensors=tensors,
         k=as_int(cfg["k"], "k", src),
-        apply_b_dec_to_input=True,
-        site=parse_hook_name(path.name),
+        apply_b_dec_to_input=not transcode,
+        site=site,
+        output_site=output_site,
+        transcoder=transcode,
         model_name=run_cfg.get("model") if run_cfg else None,
         metadata=metadata,
     )
+
+
+def _sites(path: Path, transcode: bool) -> tuple[Site | None, Site | None]:
+    """The hookpoint folder's name is the module; a transcoder maps its input to its output."""
+    site = parse_hook_name(path.name)
+    if not transcode or site is None:
+        return site, None
+    if site.kind not in ("mlp_in", "mlp_out"):
+        raise InputError(
+            f"{path}: sparsify transcoder on hookpoint {path.name!r}; saedoctor reads MLP "
+            "transcoders only (hookpoints like layers.3.mlp)"
+        )
+    return Site(site.layer, "mlp_in"), Site(site.layer, "mlp_out")
 
 
 def _run_config(path: Path) -> dict | None:
