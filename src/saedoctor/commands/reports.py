@@ -103,37 +103,11 @@ def filter_command(
 
 def _circuit_tracer_filter(document: dict, run_json: Path, out: Path | None,
                            fold: bool = False) -> dict:  # fmt: skip
-    """The exclusion list and mask (and with `fold` the folded set); written as a directory,
-    whole or not at all."""
-    from saedoctor.atomic import atomic_directory
-    from saedoctor.report.circuit_tracer_filter import MASK_TENSOR, circuit_tracer_exclusions
+    from saedoctor.report.circuit_tracer_filter import (
+        circuit_tracer_exclusions,
+        write_exclusions,
+    )
 
-    exclusions = circuit_tracer_exclusions(document, str(run_json))
-    result = exclusions.as_json()
     if out is None:
-        return result
-    from safetensors.torch import save_file
-
-    with atomic_directory(out, "--out") as tmp:
-        (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
-        save_file({MASK_TENSOR: exclusions.mask()}, str(tmp / result["mask"]["file"]))
-        if fold:
-            result["folded"] = _write_folded(document, tmp / "folded")
-            (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
-def _write_folded(document: dict, directory: Path) -> dict:
-    """Each transcoder of the report, reloaded from its file, with its always-on features
-    folded at their measured mean activation; written in circuit-tracer's layout."""
-    from saedoctor.report.circuit_tracer_filter import fold_plan
-    from saedoctor.sae.fold import fold_features
-    from saedoctor.sae.loaders import load_sae, save_circuit_tracer
-
-    folded, plan = [], fold_plan(document)
-    for item in plan:
-        dictionary = load_sae(item["path"], layer=item["layer"])
-        folded.append(fold_features(dictionary, item["mean_activation"], item["path"]))
-    save_circuit_tracer(folded, directory)
-    return {"directory": "folded", "layers": {str(i["layer"]): sorted(i["mean_activation"])
-                                              for i in plan}}  # fmt: skip
+        return circuit_tracer_exclusions(document, str(run_json)).as_json()
+    return write_exclusions(document, str(run_json), out, fold=fold)

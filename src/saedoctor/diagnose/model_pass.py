@@ -38,6 +38,14 @@ class ModelPass:
     state: Any = None  # saedoctor.diagnose_state.MainPassState
     tset: Any = None  # saedoctor.diagnose.transcoder_set.SpliceSet: the set spliced whole
 
+    @property
+    def extras(self) -> list[Any]:
+        """Accumulators beyond the units': the transcoder set's, each CLT's."""
+        from saedoctor.diagnose.clt import clt_groups
+
+        sets = [] if self.tset is None else [self.tset]
+        return sets + [group for group, _ in clt_groups(self.units)]
+
     def run(self, corpus: str, tokens: int, sink: Sink, label: str, keep=None) -> dict[str, int]:
         totals: dict[str, int] = {}
         step = self._metric_step(sink, keep)
@@ -48,15 +56,21 @@ class ModelPass:
     def _metric_step(self, sink: Sink, keep=None) -> Callable[[Any], None]:
         """A batch's forward up to the deepest site, every SAE fed from it: no logits."""
         from saedoctor.activations.stream import site_batches
+        from saedoctor.diagnose.clt import clt_groups, feed_clt
 
         sites = unit_sites(self.units)  # a fixed order, run after run
+        groups = clt_groups(self.units)
 
         def step(batch: Any) -> None:
             for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
                 where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
                 for unit in self.units:
-                    target = sb.acts[unit.sae.output_site]
-                    feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where, target)
+                    if unit.clt is None:
+                        target = sb.acts[unit.sae.output_site]
+                        feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where, target)
+                for group, members in groups:
+                    feed_clt(group, members, sb.acts, sb.seq_ids.to(sb.acts[sites[0]].device),
+                             sink, where)  # fmt: skip
                 if keep is not None:  # after feeding: a batch retried in halves is kept once
                     keep(sb)
 
@@ -154,7 +168,8 @@ class ModelPass:
                 self._guarded(part, step)
             return
         snapshot = [(u.suite.state_dict(), u.downstream.state_dict()) for u in self.units]
-        set_snapshot = None if self.tset is None else self.tset.downstream.state_dict()
+        extras = self.extras
+        set_snapshot = [(_suite_state(x), x.downstream.state_dict()) for x in extras]
         try:
             step(batch)
             return
@@ -169,11 +184,17 @@ class ModelPass:
         for unit, (suite, down) in zip(self.units, snapshot, strict=True):
             unit.suite.load_state_dict(suite)
             unit.downstream.load_state_dict(down)
-        if set_snapshot is not None:
-            self.tset.downstream.load_state_dict(set_snapshot)
+        for extra, (suite, down) in zip(extras, set_snapshot, strict=True):
+            if suite is not None:
+                extra.suite.load_state_dict(suite)
+            extra.downstream.load_state_dict(down)
         _out_of_memory(self.loaded.model, rows, self.opts.device)
         for part in split_batch(batch):
             self._guarded(part, step)
+
+
+def _suite_state(extra: Any) -> dict | None:
+    return None if extra.suite is None else extra.suite.state_dict()
 
 
 # Per model: the batch rows above which a forward ran out of GPU memory, shared by the passes.
@@ -292,15 +313,48 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
     where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions)
 
     ablated: dict[Any, tuple] = {}
+    spliced = _SpliceContext(splicer, clean, acts, positions, counted, ce_mask, kl_mask,
+                             batch.first_sequence, ablated)  # fmt: skip
     for unit in units:
+        if unit.clt is not None:
+            continue  # fed with its CLT in _clt_downstream
         site, out_site = unit.sae.site, unit.sae.output_site
         flat_in = acts[site].reshape(-1, acts[site].shape[-1])
-        out_acts = acts[out_site]
-        flat = out_acts.reshape(-1, out_acts.shape[-1])
+        flat = acts[out_site].reshape(-1, acts[out_site].shape[-1])
         x_hat, kept, rows = encode_finite(unit, flat_in[positions], seq_ids, where,
                                           flat[positions])  # fmt: skip
+        spliced.unit(unit, x_hat, kept, rows)
+    _clt_downstream(spliced, units, seq_ids, where)
+    if tset is not None:
+        from saedoctor.diagnose.transcoder_set import set_batch
+
+        set_batch(splicer, tset, clean, positions, ce_mask, kl_mask)
+
+
+@dataclass
+class _SpliceContext:
+    """One batch's clean forward and masks: each unit's output spliced in alone."""
+
+    splicer: Any
+    clean: Any
+    acts: dict
+    positions: torch.Tensor
+    counted: torch.Tensor
+    ce_mask: torch.Tensor
+    kl_mask: torch.Tensor
+    first_sequence: int
+    ablated: dict
+
+    def unit(self, unit: SAEUnderTest, x_hat: torch.Tensor, kept: torch.Tensor | None,
+             rows: Rows) -> None:  # fmt: skip
+        """Fold the unit's rows into its suite and its spliced CE / KL into its downstream."""
+        splicer, clean, positions = self.splicer, self.clean, self.positions
+        ce_mask, kl_mask, ablated = self.ce_mask, self.kl_mask, self.ablated
+        counted, out_site = self.counted, unit.sae.output_site
         if rows.x.shape[0]:
             suite_sink(unit, rows)
+        out_acts = self.acts[out_site]
+        flat = out_acts.reshape(-1, out_acts.shape[-1])
         spliced = flat.clone()
         spliced[positions] = x_hat.to(spliced.dtype)
         sae_scores = clean.score(splicer.patched(out_site, spliced.view_as(out_acts)))
@@ -309,14 +363,27 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
         ok = _finite_downstream(clean.ce, sae_scores, ablated[out_site], positions, kept)
         ce_m, kl_m = (ce_mask, kl_mask) if ok is None else (ce_mask & ok[:, :-1], kl_mask & ok)
         if ok is not None:
-            _skip_positions(unit, kl_mask & ~ok, batch.first_sequence)
+            _skip_positions(unit, kl_mask & ~ok, self.first_sequence)
         unit.downstream.add_clean(clean.ce, ce_m)
         for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[out_site])):
             unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
-    if tset is not None:
-        from saedoctor.diagnose.transcoder_set import set_batch
 
-        set_batch(splicer, tset, clean, positions, ce_mask, kl_mask)
+
+def _clt_downstream(ctx: _SpliceContext, units: list[SAEUnderTest], seq_ids: torch.Tensor,
+                    where: RowOrigin) -> None:  # fmt: skip
+    """Each CLT layer's output spliced in alone (from the clean inputs of every layer at or
+    below it), then every layer at once, each reading the stream the ones below changed."""
+    from saedoctor.diagnose.clt import clt_groups, clt_splice_batch, encode_clt
+
+    def rows_of(site: Any) -> torch.Tensor:
+        a = ctx.acts[site]
+        return a.reshape(-1, a.shape[-1])[ctx.positions]
+
+    for group, members in clt_groups(units):
+        for unit, y_hat, kept, rows in encode_clt(group, members, rows_of, seq_ids, where):
+            ctx.unit(unit, y_hat, kept, rows)
+        clt_splice_batch(ctx.splicer, group, ctx.clean, ctx.positions, ctx.ce_mask,
+                         ctx.kl_mask)  # fmt: skip
 
 
 def _skip_positions(unit: SAEUnderTest, skipped: torch.Tensor, first_sequence: int) -> None:

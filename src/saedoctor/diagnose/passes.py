@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from saedoctor import distributed
+from saedoctor.diagnose.clt import NAME as CLT_SECTION
+from saedoctor.diagnose.clt import clt_entry, clt_groups, shadow_units
 from saedoctor.diagnose.model_pass import ModelPass, feed
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.transcoder_set import set_entry, splice_set
-from saedoctor.diagnose.units import SAEUnderTest, check_against_model, new_suite, suite_sink
+from saedoctor.diagnose.units import SAEUnderTest, check_against_model, suite_sink
 from saedoctor.errors import InputError
 from saedoctor.metrics.finite import RowOrigin
 from saedoctor.progress import stderr_console, token_progress
@@ -29,7 +31,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
         follow_sites(loaded, units)  # a model placed by the caller: SAEs go where it is
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
     tset = splice_set(units) if opts.downstream else None
-    accumulators = [] if tset is None else [tset]
+    groups = [group for group, _ in clt_groups(units)]
+    accumulators = ([] if tset is None else [tset]) + groups
     state = main_pass_state(opts, loaded, units, accumulators)
     passes = ModelPass(loaded, opts, units, state, tset)
     with state.signals():
@@ -46,6 +49,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
     if tset is not None:
         extras["transcoder_set"] = set_entry(tset)
+    if groups:
+        extras[CLT_SECTION] = [clt_entry(group) for group in groups]
     return {"model": model_info, **info, **extras, "state_file": state.path}
 
 
@@ -181,7 +186,7 @@ class TokenLog:
 # -- training-data mismatch ----------------------------------------------------------------
 def compare_on_model(passes: ModelPass, units: list[SAEUnderTest]) -> dict[str, dict]:
     opts = passes.opts
-    shadows = [SAEUnderTest(u.name, u.path, u.sae, new_suite(u.sae, opts)) for u in units]
+    shadows = shadow_units(units, opts)
     sub = ModelPass(passes.loaded, opts, shadows)
     info = sub.run(opts.compare_corpus, opts.tokens, suite_sink, "compare corpus")
     _require_tokens(info, opts.compare_corpus)

@@ -54,6 +54,8 @@ def diagnose(
     }
     if info.get("transcoder_set") is not None:
         document["transcoder_set"] = info["transcoder_set"]
+    if info.get("cross_layer_transcoder"):
+        document["cross_layer_transcoder"] = info["cross_layer_transcoder"]
     apply_health(document, policy)
     document["run"]["wall_time_s"] = round(time.perf_counter() - start, 3)
     if not opts.keep_state:

@@ -30,7 +30,8 @@ class SpliceSet:
 
 def splice_set(units: list[SAEUnderTest]) -> SpliceSet | None:
     """The run's transcoders as one set, when there are at least two at distinct layers."""
-    members = [u for u in units if u.sae.is_transcoder]
+    # A CLT's layers are spliced whole by their own group (diagnose/clt.py).
+    members = [u for u in units if u.sae.is_transcoder and u.clt is None]
     outputs = [u.sae.output_site for u in members]
     if len(members) < 2 or len(set(outputs)) != len(outputs):
         return None

@@ -11,8 +11,10 @@ import torch
 from saedoctor import defaults
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.errors import InputError
+from saedoctor.metrics.clt import CLTReconstruction
 from saedoctor.metrics.downstream import Downstream
 from saedoctor.metrics.suite import MetricSuite
+from saedoctor.sae.clt import CrossLayerTranscoder
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.model import SAE
 
@@ -24,6 +26,33 @@ class SAEUnderTest:
     sae: SAE
     suite: MetricSuite
     downstream: Downstream = field(default_factory=lambda: Downstream())
+    clt: CLTUnderTest | None = None  # the cross-layer transcoder this layer belongs to
+
+
+@dataclass
+class CLTUnderTest:
+    """A CLT and its per-layer units; `suite` pools the reconstruction of every layer and
+    `downstream` holds the loss of splicing every layer's output at once."""
+
+    clt: CrossLayerTranscoder
+    name: str
+    path: str
+    units: list[SAEUnderTest] = field(default_factory=list)
+    suite: CLTReconstruction | None = None
+    downstream: Downstream = field(default_factory=Downstream)
+
+    def __post_init__(self) -> None:
+        if self.suite is None:
+            self.suite = CLTReconstruction(self.clt.n_layers, self.clt.d_model)
+
+
+def clt_units(clt: CrossLayerTranscoder, path: str, opts: DiagnoseOptions) -> list[SAEUnderTest]:
+    """One unit per source layer, all pointing at one shared `CLTUnderTest`."""
+    group = CLTUnderTest(clt, Path(path).name, str(path))
+    for enc in clt.encoders:
+        name = f"{group.name}:{enc.site.hook_name}->{enc.output_site.hook_name}"  # type: ignore[union-attr]
+        group.units.append(SAEUnderTest(name, str(path), enc, new_suite(enc, opts), clt=group))
+    return group.units
 
 
 @dataclass
@@ -51,6 +80,9 @@ Sink = Callable[[SAEUnderTest, Rows], None]
 def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
     units = []
     for path in opts.saes:
+        if _is_clt(path, opts):
+            units += _clt_units(path, opts)
+            continue
         for sae in _dictionaries(path, opts):
             if sae.site is None and opts.activations is None:
                 raise InputError(
@@ -63,6 +95,29 @@ def load_saes(opts: DiagnoseOptions) -> list[SAEUnderTest]:
         if names.count(unit.name) > 1:
             unit.name = f"{unit.name}#{i}"
     return units
+
+
+def _is_clt(path: str, opts: DiagnoseOptions) -> bool:
+    """Whether `path` is a cross-layer transcoder, diagnosed whole (never one layer alone)."""
+    from saedoctor.sae.loaders import is_clt
+    from saedoctor.sae.site import parse_hook_name
+
+    if not is_clt(path):
+        return False
+    if opts.layer is not None or opts.site is not None and parse_hook_name(opts.site):
+        raise InputError(f"{path}: a cross-layer transcoder is diagnosed whole (each layer's "
+                         "output depends on every layer below it); drop --layer / --site")
+    return True
+
+
+def _clt_units(path: str, opts: DiagnoseOptions) -> list[SAEUnderTest]:
+    from saedoctor.sae.loaders import load_clt
+
+    if opts.activations is not None:
+        raise InputError(f"{path}: a cross-layer transcoder needs every layer's MLP input and "
+                         f"output; --activations {opts.activations} holds one site: diagnose "
+                         "it on --model")  # fmt: skip
+    return clt_units(load_clt(path, device=opts.device), path, opts)
 
 
 def _dictionaries(path: str, opts: DiagnoseOptions) -> list[SAE]:
@@ -91,7 +146,11 @@ def new_suite(sae: SAE, opts: DiagnoseOptions) -> MetricSuite:
 
 def unit_sites(units: list[SAEUnderTest]) -> list:
     """Every site a run reads (encoder inputs and decoder outputs), in a fixed order."""
-    return sorted({s for u in units for s in (u.sae.site, u.sae.output_site)})
+    sites = {s for u in units for s in (u.sae.site, u.sae.output_site)}
+    for u in units:  # a CLT layer's output needs the inputs of every layer below it
+        if u.clt is not None:
+            sites |= {s for pair in u.clt.clt.sites for s in pair}
+    return sorted(sites)
 
 
 def output_sites(units: list[SAEUnderTest]) -> list:
@@ -101,6 +160,8 @@ def output_sites(units: list[SAEUnderTest]) -> list:
 
 def suite_sink(unit: SAEUnderTest, rows: Rows) -> None:
     unit.suite.update(rows.x, rows.x_hat, rows.codes, rows.seq_ids, rows.x_hat_without_skip)
+    if unit.clt is not None:  # the same rows: one mask for every layer of a CLT
+        unit.clt.suite.update(unit.sae.output_site.layer, rows.x, rows.x_hat)
 
 
 def check_against_model(units: list[SAEUnderTest], model: str, n_layers: int, d_model: int) -> None:

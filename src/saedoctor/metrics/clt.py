@@ -29,6 +29,11 @@ class CLTReconstruction:
         self.by_layer = {layer: Reconstruction(d_model) for layer in ids}
 
     @property
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments: an empty twin to load another shard's state into."""
+        return {"layers": self.layers, "d_model": self.d_model}
+
+    @property
     def layers(self) -> list[int]:
         return list(self.by_layer)
 

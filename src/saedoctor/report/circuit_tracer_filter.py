@@ -7,7 +7,9 @@ features (docs/circuit_tracing.md)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,3 +99,36 @@ def fold_plan(document: dict[str, Any]) -> list[dict[str, Any]]:
         plan.append({"path": entry["path"], "layer": entry["site"]["layer"],
                      "mean_activation": means})  # fmt: skip
     return sorted(plan, key=lambda item: item["layer"])
+
+
+def write_exclusions(document: dict[str, Any], source: str, out: str | Path, *,
+                     fold: bool = False) -> dict[str, Any]:  # fmt: skip
+    """`out/exclude.json`, `out/exclude_mask.safetensors` and, with `fold`, `out/folded/`
+    (the set with its always-on features folded); the folder appears whole or not at all.
+    Returns what exclude.json holds."""
+    from safetensors.torch import save_file
+
+    from saedoctor.atomic import atomic_directory
+
+    exclusions = circuit_tracer_exclusions(document, source)
+    result = exclusions.as_json()
+    with atomic_directory(out, "--out") as tmp:
+        save_file({MASK_TENSOR: exclusions.mask()}, str(tmp / result["mask"]["file"]))
+        if fold:
+            result["folded"] = _write_folded(document, tmp / "folded")
+        (tmp / "exclude.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _write_folded(document: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Each transcoder of the report, reloaded from its file, with its always-on features
+    folded at their measured mean activation; written in circuit-tracer's layout."""
+    from saedoctor.sae.fold import fold_features
+    from saedoctor.sae.loaders import load_sae, save_circuit_tracer
+
+    plan = fold_plan(document)
+    folded = [fold_features(load_sae(item["path"], layer=item["layer"]),
+                            item["mean_activation"], item["path"]) for item in plan]  # fmt: skip
+    save_circuit_tracer(folded, directory)
+    return {"directory": "folded",
+            "layers": {str(i["layer"]): sorted(i["mean_activation"]) for i in plan}}  # fmt: skip

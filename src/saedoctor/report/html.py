@@ -191,5 +191,7 @@ def render_html(document: dict[str, Any]) -> str:
     if tset is not None:
         body.append(f'<section id="transcoder-set"><h2>{escape(sections.SET_TITLE)}</h2>'
                     + html_table(tset) + "</section>")
+    body += [f'<section class="clt"><h2>{escape(title)}</h2>{html_table(table)}</section>'
+             for title, table in sections.clt_tables(document)]
     body.append(html_sweep(document))
     return page(f"saedoctor report: {model}", "".join(body))

@@ -103,5 +103,7 @@ def render_markdown(document: dict[str, Any]) -> str:
     tset = sections.transcoder_set_table(document)
     if tset is not None:
         out += ["", f"## {sections.SET_TITLE.capitalize()}", "", md_table(tset)]
+    for title, table in sections.clt_tables(document):
+        out += ["", f"## {md_escape(title)}", "", md_table(table)]
     out += md_sweep(document)
     return "\n".join(out) + "\n"

@@ -195,3 +195,26 @@ def transcoder_set_table(document: dict[str, Any]) -> Table | None:
     note = (f"layers {layers}: each transcoder reads the stream the ones below it changed; "
             "ablated = all those MLPs zeroed")  # fmt: skip
     return Table(["metric", "value"], rows, note)
+
+
+CLT_TITLE = "cross-layer transcoder"
+
+
+def clt_tables(document: dict[str, Any]) -> list[tuple[str, Table]]:
+    """Per cross-layer transcoder: each layer's MLP output reconstructed from every encoder
+    at or below it, its error share, and the loss with every layer spliced in at once."""
+    from saedoctor.report.fields import format_metric
+
+    out = []
+    for item in document.get("cross_layer_transcoder") or []:
+        keys = ("variance_explained", "error_share")
+        rows = [[Cell(str(layer["layer"]))] + [Cell(format_metric(k, layer.get(k))) for k in keys]
+                for layer in item["layers"]]  # fmt: skip
+        metrics = item.get("metrics") or {}
+        spliced = ", ".join(f"{k} {format_metric(k, metrics.get(k))}"
+                            for k in ("loss_recovered", "kl_sae"))  # fmt: skip
+        note = (f"pooled error share {format_metric('error_share', item.get('error_share'))}; "
+                f"every layer spliced at once: {spliced if metrics else 'not measured'}")
+        title = f"{CLT_TITLE}: {item['name']}"
+        out.append((title, Table(["layer", "variance explained", "error share"], rows, note)))
+    return out

@@ -112,4 +112,7 @@ def print_report(document: dict[str, Any], console: Console | None = None) -> No
     if tset is not None:  # a rule, not a table title: a title wraps to the narrow table
         console.print(Rule(Text(sections.SET_TITLE, style="bold")))
         show(console, tset)
+    for title, table in sections.clt_tables(document):
+        console.print(Rule(Text(title, style="bold")))
+        show(console, table)
     print_sweep(document, console)

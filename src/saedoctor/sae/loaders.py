@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from saedoctor.errors import InputError
+from saedoctor.sae.clt import CrossLayerTranscoder
 from saedoctor.sae.formats import (
     circuit_tracer,
     dictionary_learning,
@@ -90,6 +91,34 @@ def save_circuit_tracer(dicts: list[Dictionary], directory: str | Path) -> Path:
     """Write per-layer transcoders as a circuit-tracer transcoder set (`config.yaml` +
     `layer_{i}.safetensors`), atomically, so circuit-tracer can trace with them."""
     return circuit_tracer.save(dicts, directory)
+
+
+def load_clt(path: str | Path, *, device: str = "cpu") -> CrossLayerTranscoder:
+    """A circuit-tracer cross-layer transcoder folder (`model_kind: cross_layer_transcoder`):
+    float32 encoders on `device`; the decoders stay memory-mapped on disk, one slice read at a
+    time. `load_sae` / `load_dictionaries` refuse a CLT (one layer alone misstates it)."""
+    target = Path(path)
+    if not target.exists():
+        raise InputError(f"{target}: no such file or directory; expected "
+                         f"{circuit_tracer.EXPECTS_CLT}")  # fmt: skip
+    if target.is_file() and circuit_tracer.detect(target.parent):
+        target = target.parent  # config.yaml or a weights file stands for its folder
+    if not circuit_tracer.detect(target):
+        raise InputError(f"{target}: not a circuit-tracer folder; expected "
+                         f"{circuit_tracer.EXPECTS_CLT}")  # fmt: skip
+    clt = _guarded("circuit_tracer", target, lambda: circuit_tracer.load_clt(target))
+    try:
+        return clt.to(device)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise InputError(f"device {device!r} for {target}: cannot place the CLT there ({e})") from e
+
+
+def is_clt(path: str | Path) -> bool:
+    """Whether `path` (a folder, or a file in it) is a circuit-tracer cross-layer transcoder."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    return circuit_tracer.is_clt(p)
 
 
 def detect_format(path: str | Path) -> str:

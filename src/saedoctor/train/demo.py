@@ -18,6 +18,10 @@ from saedoctor import defaults
 from saedoctor.progress import stderr_console as console
 
 DEMO_LAYERS = (4, 10, 16, 22, 28)
+# Transcoders: the first blocks, contiguous from 0, as circuit-tracer loads a set; batchtopk
+# exports a threshold, which circuit-tracer's layout can hold (a bare top-k it cannot).
+TRANSCODER_LAYERS = (0, 1, 2, 3)
+TRANSCODER_CHANGES = {"kind": "transcoder", "skip": True, "architecture": "batchtopk"}
 DEMO_TOKENS = 300_000
 DEMO_EVAL_TOKENS = 60_000
 
@@ -73,7 +77,7 @@ def _diagnose_resumable(opts: Any, run_json: Path) -> dict[str, Any]:
 def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet: bool = False,
              *, model: str = defaults.DEFAULT_MODEL,
              train_corpus: str = defaults.DEFAULT_TRAIN_CORPUS,
-             eval_corpus: str = defaults.DEFAULT_EVAL_CORPUS,
+             eval_corpus: str = defaults.DEFAULT_EVAL_CORPUS, kind: str = "sae",
              **overrides: Any) -> dict[str, Any]:  # fmt: skip
     """Train, diagnose, compare; returns the report. `model` / corpora / `overrides` (training
     fields) exist for tests and experiments: the demo itself is the embedded default."""
@@ -84,14 +88,18 @@ def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet:
     from saedoctor.train.trainer import train
 
     start = time.perf_counter()
+    if kind == "transcoder":
+        overrides = {**TRANSCODER_CHANGES, **overrides}
     cfg = preset_config("general", layers=list(layers), training_tokens=tokens, model=model,
                         dataset=train_corpus, **overrides).validate()  # fmt: skip
     train_dir = out / "saes"
     paths = _reusable(train_dir, cfg)
     resume = paths is None and _resumable(train_dir, cfg)
     if paths is None:
+        what = "skip transcoders" if kind == "transcoder" else "SAEs"
         console.print(
-            f"[bold]demo[/]: training {len(layers)} TopK SAEs (x{cfg.expansion_factor:g}, "
+            f"[bold]demo[/]: training {len(layers)} {cfg.architecture} {what} "
+            f"(x{cfg.expansion_factor:g}, "
             f"k={cfg.top_k}) at layers {', '.join(map(str, layers))} on "
             f"{cfg.dataset}, {tokens:,} tokens, one forward pass per batch → {train_dir}",
             highlight=False,
@@ -124,7 +132,23 @@ def run_demo(layers: list[int], tokens: int, eval_tokens: int, out: Path, quiet:
         console.print(f"best layer: {best}", highlight=False)
     for d in (document.get("sweep") or {}).get("diagnoses") or []:
         console.print(f"[bold]{d.get('title')}[/] ({d.get('severity')})", highlight=False)
+    if kind == "transcoder":
+        _hand_off(document, run_json, out)
     done = time.perf_counter()
     console.print(f"train {trained - start:.0f} s, diagnose {done - trained:.0f} s; "
                   f"report: {run_json}, HTML: {html}", highlight=False)  # fmt: skip
     return document
+
+
+def _hand_off(document: dict[str, Any], run_json: Path, out: Path) -> None:
+    """What circuit tracing takes: the exclusion list and mask, and the folded set."""
+    from saedoctor.report.circuit_tracer_filter import write_exclusions
+
+    tracing = out / "circuit_tracing"
+    listed = write_exclusions(document, str(run_json), tracing, fold=True)
+    trained = {str(e["site"]["layer"]) for e in document["saes"]}
+    excluded = {layer: [f["id"] for f in feats] for layer, feats in listed["exclude"].items()
+                if layer in trained}  # fmt: skip
+    console.print(f"[bold]demo[/]: excluded always-on features per layer {excluded}; "
+                  f"transcoders for circuit-tracer in {out / 'saes' / 'circuit_tracer'}, "
+                  f"exclusion list, mask and folded set in {tracing}", highlight=False)  # fmt: skip

@@ -9,6 +9,11 @@ transpose of SPEC §1), `W_dec [d_t, d_out]`, `b_enc`, `b_dec`, optional
 `activation_function.threshold [d_t]` and `W_skip [d_out, d_in]`. Forward pass:
 `pre = x @ W_enc.T + b_enc` (no b_dec subtraction), `a = pre * (pre > threshold)` or
 `relu(pre)`, `out = a @ W_dec + b_dec + x @ W_skip.T`.
+
+`model_kind: cross_layer_transcoder` folders (`load_clt`) hold `W_enc_{i}.safetensors`
+(`W_enc_{i} [d_t, d_model]`, `b_enc_{i}`, `b_dec_{i}`, optional `threshold_{i}`) and
+`W_dec_{i}.safetensors` (`W_dec_{i} [d_t, n_layers - i, d_model]`), read into a
+`CrossLayerTranscoder` whose decoder stays on disk (`SafetensorsDecoderSource`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,10 +38,15 @@ from saedoctor.sae.formats.base import (
     transposed,
 )
 from saedoctor.sae.model import Dictionary
+
+if TYPE_CHECKING:
+    from saedoctor.sae.clt import CrossLayerTranscoder
 from saedoctor.sae.site import is_transcoder_site, parse_hook_name
 
 CFG_FILE = "config.yaml"
 EXPECTS = f"{CFG_FILE} + layer_{{i}}.safetensors (circuit-tracer transcoder set)"
+EXPECTS_CLT = (f"{CFG_FILE} (model_kind: cross_layer_transcoder) + W_enc_{{i}}.safetensors + "
+               "W_dec_{i}.safetensors (circuit-tracer cross-layer transcoder)")
 THRESHOLD_KEY = "activation_function.threshold"
 _LAYER_FILE = re.compile(r"^layer_(\d+)\.safetensors$")
 _MAX_CFG_BYTES = 1 << 20  # a config.yaml is a few lines; refuse to parse megabytes
@@ -45,6 +55,14 @@ _TOPK_KEYS = ("saedoctor_activation", "saedoctor_topk_k")
 # The ReplacementMLP hooks circuit-tracer wraps around every block's MLP: valid for every
 # architecture it traces.
 DEFAULT_HOOKS = ("mlp.hook_in", "mlp.hook_out")
+SET_KIND, CLT_KIND = "transcoder_set", "cross_layer_transcoder"
+_ENC_FILE = re.compile(r"^W_enc_(\d+)\.safetensors$")
+_DEC_FILE = re.compile(r"^W_dec_(\d+)\.safetensors$")
+# A CLT's layers share their decoders, so reading one layer alone would misstate every
+# reconstruction above layer 0.
+CLT_REFUSAL = ("{path}: cross-layer transcoders are not supported yet by load_sae / "
+               "load_dictionaries (one dictionary per layer): load it with load_clt, or run "
+               "`saedoctor diagnose --sae {path}`, which diagnoses every layer of it")  # fmt: skip
 
 
 def detect(path: Path) -> bool:
@@ -72,6 +90,8 @@ def load(path: Path) -> RawSAE:
 def load_set(path: Path, layer: int | None) -> list[RawSAE]:
     """Every layer's transcoder (or only `layer`'s), in layer order."""
     cfg = read_config(path / CFG_FILE)
+    if cfg["model_kind"] == CLT_KIND:
+        raise InputError(CLT_REFUSAL.format(path=path))
     hooks = _hooks(cfg, path / CFG_FILE)
     files = layer_files(path, cfg)
     if layer is None:
@@ -106,12 +126,9 @@ def read_config(file: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise InputError(f"{file}: expected a YAML mapping, found {type(cfg).__name__}")
     kind = cfg.get("model_kind")
-    if kind == "cross_layer_transcoder":
-        raise InputError(f"{file}: cross-layer transcoders are not supported yet")
-    if kind != "transcoder_set":
-        raise InputError(
-            f"{file}: model_kind {kind!r} is not supported; expected 'transcoder_set'"
-        )
+    if kind not in (SET_KIND, CLT_KIND):
+        raise InputError(f"{file}: model_kind {kind!r} is not supported; expected "
+                         f"'{SET_KIND}' or '{CLT_KIND}'")  # fmt: skip
     return cfg
 
 
@@ -267,6 +284,90 @@ def _activation(
     return "jumprelu", None
 
 
+# -- cross-layer transcoders -------------------------------------------------------------
+def is_clt(path: Path) -> bool:
+    """Whether `path` is a circuit-tracer folder of `model_kind: cross_layer_transcoder`."""
+    return detect(path) and read_config(path / CFG_FILE)["model_kind"] == CLT_KIND
+
+
+def load_clt(path: Path) -> CrossLayerTranscoder:
+    """A CLT folder, float32, on CPU; each W_dec_i stays on disk, read one slice at a time."""
+    import dataclasses
+
+    from saedoctor.sae.clt import SafetensorsDecoderSource, from_circuit_tracer
+
+    cfg = read_config(path / CFG_FILE)
+    if cfg["model_kind"] != CLT_KIND:
+        raise InputError(f"{path / CFG_FILE}: model_kind {cfg['model_kind']!r}; expected "
+                         f"'{CLT_KIND}' (a transcoder set loads with load_dictionaries)")
+    hooks = _hooks(cfg, path / CFG_FILE)
+    enc_files, dec_files = _clt_files(path)
+    decoder = SafetensorsDecoderSource(dec_files, dtype=torch.float32)  # headers only
+    tensors: dict[str, torch.Tensor] = {}
+    for i, file in enumerate(enc_files):
+        tensors |= _clt_encoder(file, i, (decoder.d_transcoder, decoder.d_model), dec_files[i])
+    model_name = cfg.get("model_name") if isinstance(cfg.get("model_name"), str) else None
+    meta = {"feature_input_hook": hooks[0], "feature_output_hook": hooks[1],
+            "source_format": "circuit_tracer", "source_path": str(path),
+            "circuit_tracer_config": _scalars(cfg)}  # fmt: skip
+    clt = from_circuit_tracer(tensors, decoder, source=str(path), model_name=model_name,
+                              metadata=meta)  # fmt: skip
+    for i, enc in enumerate(clt.encoders):  # the config's hooks, e.g. ln2.hook_normalized
+        in_site, out_site = (parse_hook_name(f"blocks.{i}.{h}") for h in hooks)
+        enc.cfg = dataclasses.replace(enc.cfg, site=in_site, output_site=out_site)
+    return clt
+
+
+def _clt_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(W_enc_i files, W_dec_i files), i = 0..n-1: no gap, one decoder per encoder."""
+    enc = _numbered(path, _ENC_FILE, "W_enc")
+    dec = _numbered(path, _DEC_FILE, "W_dec")
+    for i in range(max(len(enc), len(dec))):
+        if i >= len(dec):
+            raise InputError(f"{path / f'W_dec_{i}.safetensors'}: decoder file is missing "
+                             f"(W_enc_{i}.safetensors has no decoder)")  # fmt: skip
+        if i >= len(enc):
+            raise InputError(f"{path / f'W_enc_{i}.safetensors'}: encoder file is missing "
+                             f"(W_dec_{i}.safetensors has no encoder)")  # fmt: skip
+    return enc, dec
+
+
+def _numbered(path: Path, pattern: re.Pattern[str], stem: str) -> list[Path]:
+    found = {int(m.group(1)): f for f in path.iterdir() if (m := pattern.match(f.name))}
+    if not found and stem == "W_enc":
+        raise InputError(f"{path}: no W_enc_{{i}}.safetensors files beside {CFG_FILE}")
+    for i in range(max(found, default=-1) + 1):
+        if i not in found:
+            raise InputError(
+                f"{path / f'{stem}_{i}.safetensors'}: file is missing; a cross-layer "
+                f"transcoder needs layers 0-{max(found)} with no gap"
+            )
+    return [found[i] for i in range(len(found))]
+
+
+def _clt_encoder(file: Path, i: int, dims: tuple[int, int],
+                 dec_file: Path) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Layer i's encoder tensors, float32, checked against the decoder's [d_t, d_model]."""
+    raw = read_safetensors(file)  # validated header: no allocation from a lying shape
+    d_t, d_model = dims
+    expected = {f"W_enc_{i}": (d_t, d_model), f"b_enc_{i}": (d_t,), f"b_dec_{i}": (d_model,),
+                f"threshold_{i}": (d_t,)}  # fmt: skip
+    out = {}
+    for name, shape in expected.items():
+        t = raw.get(name)
+        if t is None and not name.startswith("threshold"):
+            found = ", ".join(sorted(raw)) or "none"
+            raise InputError(f"{file}: missing tensor {name} (found: {found})")
+        if t is not None and tuple(t.shape) != shape:
+            raise InputError(
+                f"{file}: {name} has shape {tuple(t.shape)}, expected {shape} from "
+                f"{dec_file.name} [d_transcoder={d_t}, *, d_model={d_model}]"
+            )
+        if t is not None:
+            out[name] = t.to(torch.float32)
+    return out
+
+
 # -- writing ------------------------------------------------------------------------------
 def save(dicts: list[Dictionary], directory: str | Path) -> Path:
     """Write `dicts` (one per-layer transcoder per block, layers 0..n-1) as a transcoder set.
@@ -398,5 +499,5 @@ def _swap_in(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["CFG_FILE", "EXPECTS", "detect", "layer_files", "load", "load_set", "read_config",
-           "save"]  # fmt: skip
+__all__ = ["CFG_FILE", "CLT_KIND", "EXPECTS", "detect", "is_clt", "layer_files", "load",
+           "load_clt", "load_set", "read_config", "save"]  # fmt: skip
