@@ -59,7 +59,8 @@ class JumpReLU(Architecture):
         theta, bandwidth = trainer.params["threshold"], cfg.jumprelu_bandwidth
         if cfg.sparsity_penalty > 0:
             l0 = _StepFn.apply(pre, theta, bandwidth).sum(-1).mean()
-            terms["l0"] = cfg.sparsity_penalty * l0 / trainer.d_in
+            # every loss term is a fraction of the target width (d_out; d_in for an SAE)
+            terms["l0"] = cfg.sparsity_penalty * l0 / trainer.d_out
         return _JumpReLUFn.apply(pre, theta, bandwidth), None
 
     def export_tensors(self, trainer: Any, scale: float) -> dict[str, torch.Tensor]:
