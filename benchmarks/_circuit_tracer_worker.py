@@ -6,6 +6,8 @@ Subcommands:
               [--activation jumprelu|relu|topk] [--k K] [--seed S]
     write-clt OUT --n-layers N --d-model D --d-transcoder T [--activation jumprelu|relu] [--seed S]
     encode-decode DIR --inputs X.safetensors --out Y.safetensors
+    attribute DIR --model HF_DIR --prompt TEXT --out RESULT.json [--max-feature-nodes N]
+              [--batch-size B] [--max-n-logits K]
 
 The writers build random transcoders with circuit-tracer's own classes and save them with
 circuit-tracer's own `to_safetensors`, then add the `config.yaml` that
@@ -210,6 +212,74 @@ def cmd_encode_decode(args: argparse.Namespace) -> None:
     print(f"wrote {len(out)} tensors ({type(model).__name__}, {n_layers} layers) to {args.out}")
 
 
+def _loadable_model_dir(source: Path, tmp: Path) -> Path:
+    """`source` as transformers 4.57 can load it: a folder saved by transformers 5 names its
+    tokenizer class `TokenizersBackend`, which 4.57 does not have; the same tokenizer.json
+    loads as `PreTrainedTokenizerFast`. Other files are linked, not copied."""
+    import json
+
+    target = tmp / source.name
+    target.mkdir()
+    for f in source.iterdir():
+        (target / f.name).symlink_to(f.resolve())
+    tok_cfg = source / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        cfg = json.loads(tok_cfg.read_text())
+        if cfg.get("tokenizer_class") == "TokenizersBackend":
+            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (target / tok_cfg.name).unlink()
+        (target / tok_cfg.name).write_text(json.dumps(cfg))
+    return target
+
+
+def cmd_attribute(args: argparse.Namespace) -> None:
+    # Imported here: the replacement model pulls in nnsight, which the other commands skip.
+    import json
+    import tempfile
+    import time
+
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.graph import compute_graph_scores, compute_influence, normalize_matrix
+
+    start = time.perf_counter()
+    transcoders = load_dir(Path(args.directory))
+    tmp = tempfile.TemporaryDirectory(prefix="ct-model-")
+    model_dir = _loadable_model_dir(Path(args.model), Path(tmp.name))
+    model = ReplacementModel.from_pretrained_and_transcoders(
+        str(model_dir), transcoders, backend="nnsight", device=CPU, dtype=torch.float32)
+    loaded = time.perf_counter()
+    graph = attribute(args.prompt, model, max_n_logits=args.max_n_logits,
+                      batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes)
+    attributed = time.perf_counter()
+    replacement, completeness = compute_graph_scores(graph)
+    # Node layout (graph.py): selected features, then n_layers x n_tokens error nodes, then
+    # token embeddings, then logits; the error share is the error nodes' part of the
+    # logit-weighted influence over every non-logit node.
+    n_feat, n_tok = len(graph.selected_features), len(graph.input_tokens)
+    n_err = n_tok * graph.cfg.n_layers
+    weights = torch.zeros(graph.adjacency_matrix.shape[0])
+    weights[-len(graph.logit_targets):] = graph.logit_probabilities
+    influence = compute_influence(normalize_matrix(graph.adjacency_matrix), weights)
+    source = influence[: n_feat + n_err + n_tok]
+    result = {
+        "n_tokens": n_tok,
+        "n_layers": graph.cfg.n_layers,
+        "n_active_features": int(graph.active_features.shape[0]),
+        "n_selected_features": n_feat,
+        "n_error_nodes": n_err,
+        "n_logits": len(graph.logit_targets),
+        "replacement_score": replacement,
+        "completeness_score": completeness,
+        "error_influence_share": float(source[n_feat:n_feat + n_err].sum() / source.sum()),
+        "feature_influence_share": float(source[:n_feat].sum() / source.sum()),
+        "load_s": loaded - start,
+        "attribute_s": attributed - loaded,
+        "scores_s": time.perf_counter() - attributed,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
 def _add_writer(sub: argparse._SubParsersAction, name: str, func, activations: list[str]) -> None:
     p = sub.add_parser(name)
     p.add_argument("out")
@@ -239,6 +309,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--inputs", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_encode_decode)
+    p = sub.add_parser("attribute")
+    p.add_argument("directory")
+    p.add_argument("--model", required=True, help="local HF model directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-feature-nodes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-n-logits", type=int, default=10)
+    p.set_defaults(func=cmd_attribute)
     return parser.parse_args(argv)
 
 
