@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from saedoctor.activations.splice import Replacer, Splicer
+from saedoctor.diagnose.transcoder_set import splice_whole
 from saedoctor.diagnose.units import CLTUnderTest, Rows, SAEUnderTest, new_suite
-from saedoctor.metrics.downstream import CleanDistribution, finite_positions
+from saedoctor.metrics.downstream import CleanDistribution
 from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
 from saedoctor.sae.codes import Codes
 
@@ -173,24 +174,12 @@ def _replacers(group: CLTUnderTest, positions: torch.Tensor) -> list[Replacer]:
     return [Replacer(i, o, replace(layer)) for layer, (i, o) in enumerate(group.clt.sites)]
 
 
-def _zeroed(_x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(y)
-
-
-@torch.inference_mode()
 def clt_splice_batch(splicer: Splicer, group: CLTUnderTest, clean: CleanDistribution,
                      positions: torch.Tensor, ce_mask: torch.Tensor,
                      kl_mask: torch.Tensor) -> None:  # fmt: skip
     """Fold one batch's whole-CLT-spliced and all-MLPs-ablated CE / KL into the group."""
-    sae = clean.score(splicer.patched_live(_replacers(group, positions)))
-    zero = clean.score(splicer.patched_live([Replacer(i, o, _zeroed)
-                                             for i, o in group.clt.sites]))  # fmt: skip
-    ok = finite_positions(clean.ce, sae, zero)
-    if ok is not None:
-        ce_mask, kl_mask = ce_mask & ok[:, :-1], kl_mask & ok
-    group.downstream.add_clean(clean.ce, ce_mask)
-    for which, (ce, kl) in (("sae", sae), ("ablated", zero)):
-        group.downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
+    splice_whole(splicer, group.downstream, clean, _replacers(group, positions), ce_mask,
+                 kl_mask)  # fmt: skip
 
 
 # -- the report ------------------------------------------------------------------------------

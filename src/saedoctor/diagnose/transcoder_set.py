@@ -58,22 +58,29 @@ def _zeroed(_x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def set_batch(splicer: Splicer, tset: SpliceSet, clean: CleanDistribution,
-              positions: torch.Tensor, ce_mask: torch.Tensor,
-              kl_mask: torch.Tensor) -> None:  # fmt: skip
-    """Fold one batch's spliced-set and ablated-set CE / KL into `tset.downstream`."""
-    sites = [(u.sae.site, u.sae.output_site) for u in tset.units]
-    spliced = [Replacer(i, o, _spliced(u, positions))
-               for (i, o), u in zip(sites, tset.units, strict=True)]  # fmt: skip
-    ablated = [Replacer(i, o, _zeroed) for i, o in sites]
+def splice_whole(splicer: Splicer, downstream: Downstream, clean: CleanDistribution,
+                 spliced: list[Replacer], ce_mask: torch.Tensor,
+                 kl_mask: torch.Tensor) -> None:  # fmt: skip
+    """Fold one batch's CE / KL with every replacer of `spliced` at once, and with all their
+    output sites zeroed, into `downstream` (a transcoder set's or a CLT's)."""
+    ablated = [Replacer(r.input_site, r.output_site, _zeroed) for r in spliced]
     sae = clean.score(splicer.patched_live(spliced))
     zero = clean.score(splicer.patched_live(ablated))
     ok = finite_positions(clean.ce, sae, zero)
     if ok is not None:
         ce_mask, kl_mask = ce_mask & ok[:, :-1], kl_mask & ok
-    tset.downstream.add_clean(clean.ce, ce_mask)
+    downstream.add_clean(clean.ce, ce_mask)
     for which, (ce, kl) in (("sae", sae), ("ablated", zero)):
-        tset.downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
+        downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
+
+
+def set_batch(splicer: Splicer, tset: SpliceSet, clean: CleanDistribution,
+              positions: torch.Tensor, ce_mask: torch.Tensor,
+              kl_mask: torch.Tensor) -> None:  # fmt: skip
+    """Fold one batch's spliced-set and ablated-set CE / KL into `tset.downstream`."""
+    spliced = [Replacer(u.sae.site, u.sae.output_site, _spliced(u, positions))
+               for u in tset.units]  # fmt: skip
+    splice_whole(splicer, tset.downstream, clean, spliced, ce_mask, kl_mask)
 
 
 def set_entry(tset: SpliceSet) -> dict[str, Any]:
