@@ -84,7 +84,22 @@ def _check_same_width(shapes: Sequence[Sequence[int]], where: str) -> tuple[int,
     return d_t, d_model
 
 
-class TensorDecoderSource:
+class _Widths:
+    """The decoder widths both sources check once at construction."""
+
+    _d_t: int
+    _d_model: int
+
+    @property
+    def d_transcoder(self) -> int:
+        return self._d_t
+
+    @property
+    def d_model(self) -> int:
+        return self._d_model
+
+
+class TensorDecoderSource(_Widths):
     """The decoder held in memory, from circuit-tracer-shaped `W_dec_i` tensors."""
 
     def __init__(self, W_dec: Sequence[torch.Tensor], source: str = "cross-layer transcoder"):
@@ -102,14 +117,6 @@ class TensorDecoderSource:
     def n_layers(self) -> int:
         return len(self._by_target)
 
-    @property
-    def d_transcoder(self) -> int:
-        return self._d_t
-
-    @property
-    def d_model(self) -> int:
-        return self._d_model
-
     def decoder_slice(self, source: int, target: int) -> torch.Tensor:
         _check_pair(source, target, self.n_layers)
         return self._by_target[source][target - source]
@@ -121,7 +128,7 @@ class TensorDecoderSource:
         return self
 
 
-class SafetensorsDecoderSource:
+class SafetensorsDecoderSource(_Widths):
     """The decoder read lazily from circuit-tracer's `W_dec_{i}.safetensors` files.
 
     Each request reads one `[d_t, d_model]` slice through a memory-mapped `get_slice`, never a
@@ -168,14 +175,6 @@ class SafetensorsDecoderSource:
     @property
     def n_layers(self) -> int:
         return len(self.files)
-
-    @property
-    def d_transcoder(self) -> int:
-        return self._d_t
-
-    @property
-    def d_model(self) -> int:
-        return self._d_model
 
     @property
     def cached_bytes(self) -> int:
