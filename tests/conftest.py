@@ -93,6 +93,14 @@ def text_corpus(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def linear_gpt2():
+    """A tiny GPT-2 whose MLPs are affine, block 1's loud (tests/tiny_gpt2.py builds it)."""
+    from tiny_gpt2 import build_linear_gpt2
+
+    return build_linear_gpt2()
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny matrices: a second thread only adds OpenMP barriers (and, on a shared machine,

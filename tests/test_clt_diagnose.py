@@ -1,6 +1,8 @@
 """Cross-layer transcoders through diagnose: loaded from circuit-tracer's layout, fed in the
 main pass (every layer's reconstruction from all encoders at or below it), checked against a
-float64 computation with hooks on a tiny GPT-2's MLPs and the full W_dec tensors."""
+float64 computation with hooks on a tiny GPT-2's MLPs and the full W_dec tensors; the loss
+with the CLT spliced in (every block at once, and one block at a time) against a float64
+replacement model."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import build_tiny_tokenizer
 from saedoctor.activations.model import LoadedModel
 from saedoctor.cli import app
 from saedoctor.diagnose.entries import run_metadata, sae_entry
@@ -23,27 +24,13 @@ from saedoctor.diagnose.passes import run_on_model
 from saedoctor.diagnose.units import clt_units
 from saedoctor.errors import InputError
 from saedoctor.sae.loaders import load_clt, load_sae
+from tiny_gpt2 import N_LAYERS, D, reference_batches, spliced_loss_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-D, D_T, N_LAYERS = 32, 24, 3
+D_T = 24
 DATA = Path(__file__).parent / "data" / "circuit_tracer"
 CONFIG = ("model_kind: cross_layer_transcoder\nfeature_input_hook: mlp.hook_in\n"
           "feature_output_hook: mlp.hook_out\n")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def linear_gpt2() -> LoadedModel:
-    """GPT-2 with an identity activation, so each MLP is affine."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = build_tiny_tokenizer()
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=D, n_layer=N_LAYERS, n_head=4,
-                        n_positions=128, activation_function="linear",
-                        bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    return LoadedModel(GPT2LMHeadModel(config).eval().requires_grad_(False), tokenizer,
-                       "tiny-linear-gpt2", N_LAYERS, D)  # fmt: skip
 
 
 def clt_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -84,18 +71,24 @@ def report(loaded: LoadedModel, corpus: Path, path: Path, **changes) -> dict:
             "cross_layer_transcoder": info["cross_layer_transcoder"]}  # fmt: skip
 
 
+def clt_output(t: dict[str, torch.Tensor], layer: int,
+               xs: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """Float64 `y_hat_l = b_dec_l + sum_{i <= l} relu(x_i W_enc_i^T + b_enc_i) @ W_dec_i[:, l - i]`
+    from the MLP inputs `xs[i]` of blocks 0..l, with the full W_dec tensors."""
+    y_hat = t[f"b_dec_{layer}"].double()
+    for i in range(layer + 1):
+        a = F.relu(xs[i].double() @ t[f"W_enc_{i}"].double().T + t[f"b_enc_{i}"].double())
+        y_hat = y_hat + a @ t[f"W_dec_{i}"][:, layer - i].double()
+    return y_hat
+
+
 @torch.no_grad()
 def reference(loaded: LoadedModel, corpus: Path, t: dict[str, torch.Tensor]) -> list[dict]:
     """Float64 by hand: every MLP's input and output hooked, y_hat_l from the full W_dec."""
-    from saedoctor.activations.batches import token_batches
-    from saedoctor.activations.corpus import iter_documents
-
     mlps = [b.mlp for b in loaded.model.transformer.h]
-    batches = token_batches(loaded.tokenizer, iter_documents(str(corpus)), context=32,
-                            batch_size=4, max_tokens=2048)  # fmt: skip
     ys: list[list] = [[] for _ in mlps]
     yhats: list[list] = [[] for _ in mlps]
-    for batch in batches:
+    for batch in reference_batches(loaded, corpus):
         seen: dict[int, tuple] = {}
         hooks = [m.register_forward_hook(
             lambda m, a, o, i=i, seen=seen: seen.update({i: (a[0], o)})
@@ -103,19 +96,21 @@ def reference(loaded: LoadedModel, corpus: Path, t: dict[str, torch.Tensor]) -> 
         loaded.model(input_ids=batch.input_ids)
         for h in hooks:
             h.remove()
-        acts = [F.relu(seen[i][0].double() @ t[f"W_enc_{i}"].double().T
-                       + t[f"b_enc_{i}"].double()) for i in range(N_LAYERS)]  # fmt: skip
+        xs = {i: x for i, (x, _) in seen.items()}
         for layer in range(N_LAYERS):
-            y_hat = t[f"b_dec_{layer}"].double() + sum(
-                acts[i] @ t[f"W_dec_{i}"][:, layer - i].double() for i in range(layer + 1))
             ys[layer].append(seen[layer][1].double()[batch.counted])
-            yhats[layer].append(y_hat[batch.counted])
+            yhats[layer].append(clt_output(t, layer, xs)[batch.counted])
     out = []
     for layer in range(N_LAYERS):
         y, y_hat = torch.cat(ys[layer]), torch.cat(yhats[layer])
         sse = float((y - y_hat).pow(2).sum())
-        out.append({"sse": sse, "energy": float(y.pow(2).sum()),
-                    "variance_explained": 1 - sse / float((y - y.mean(0)).pow(2).sum())})
+        out.append(
+            {
+                "sse": sse,
+                "energy": float(y.pow(2).sum()),
+                "variance_explained": 1 - sse / float((y - y.mean(0)).pow(2).sum()),
+            }
+        )
     return out
 
 
@@ -138,7 +133,8 @@ def test_each_layer_is_the_full_clt_output_against_float64(linear_gpt2, text_cor
     assert section["not_measured"]["loss_recovered"]
     # layers above 0 take the lower layers' decoders: the own-layer slice alone differs
     assert doc["saes"][2]["metrics"]["error_share"] != pytest.approx(
-        doc["saes"][0]["metrics"]["error_share"], rel=1e-3)
+        doc["saes"][0]["metrics"]["error_share"], rel=1e-3
+    )
 
 
 def test_planted_always_on_and_dead_features_per_layer(linear_gpt2, text_corpus,
@@ -151,13 +147,59 @@ def test_planted_always_on_and_dead_features_per_layer(linear_gpt2, text_corpus,
         assert torch.nonzero(density == 0).flatten().tolist() == [2 * layer + 1]
 
 
-def test_spliced_clt_loss_is_measured(linear_gpt2, text_corpus, tmp_path) -> None:
-    doc = report(linear_gpt2, text_corpus, write_clt(clt_tensors(2), tmp_path / "clt"))
+def spliced_clt_reference(loaded: LoadedModel, corpus: Path, t: dict[str, torch.Tensor],
+                          layers: list[int], read: str) -> dict[str, float]:  # fmt: skip
+    """Float64 CE / KL with the MLP output of each block in `layers` replaced by the CLT's
+    output there, its encoders reading the MLP inputs of the `read` run ("live": the spliced
+    run itself; "clean": the unpatched run), against zeroing those MLPs."""
+    return spliced_loss_reference(loaded, corpus, {
+        layer: lambda layer, live, clean: clt_output(t, layer, live if read == "live" else clean)
+        for layer in layers})  # fmt: skip
+
+
+CE_TOL, KL_TOL = 1e-7, 2e-8  # nats; measured against float64: at most 1.6e-8 and 8.4e-9
+
+
+def assert_downstream_matches(metrics: dict, ref: dict[str, float]) -> None:
+    """The report (float32 forwards, float64 sums) against the float64 reference. CE means of
+    ~6 nats agree to within CE_TOL (a relative 2e-8), KL means to within KL_TOL or 1e-4
+    relative; the two ratios are held to 1e-4 relative plus what their inputs' tolerances
+    allow (this model's layer 2 MLP moves CE by only 6e-5 nats when zeroed)."""
+    assert metrics["downstream_tokens"] == ref["downstream_tokens"]
+    for key in ("ce_clean", "ce_sae", "ce_ablated"):
+        assert metrics[key] == pytest.approx(ref[key], rel=0, abs=CE_TOL), key
+    for key in ("kl_sae", "kl_ablated"):
+        assert metrics[key] == pytest.approx(ref[key], rel=1e-4, abs=KL_TOL), key
+    lr, gap = ref["loss_recovered"], ref["ce_ablated"] - ref["ce_clean"]
+    slack = CE_TOL * 2 * (1 + abs(lr)) / abs(gap)
+    assert metrics["loss_recovered"] == pytest.approx(lr, rel=1e-4, abs=slack)
+    ks = ref["kl_score"]  # 1 - kl_sae / kl_ablated
+    slack = KL_TOL * (2 + abs(ks)) / ref["kl_ablated"]
+    assert metrics["kl_score"] == pytest.approx(ks, rel=1e-4, abs=slack)
+
+
+def test_spliced_clt_loss_matches_a_float64_replacement_model(linear_gpt2, text_corpus,
+                                                              tmp_path) -> None:  # fmt: skip
+    t = clt_tensors(2)
+    doc = report(linear_gpt2, text_corpus, write_clt(t, tmp_path / "clt"))
     (section,) = doc["cross_layer_transcoder"]
-    m = section["metrics"]
-    assert m["ce_clean"] <= m["ce_ablated"] and m["kl_sae"] > 0
-    for entry in doc["saes"]:
-        assert entry["metrics"]["loss_recovered"] is not None
+    # Every block spliced at once, as diagnose/clt.py's `_replacers` define it (through
+    # transcoder_set.splice_whole, as a transcoder set is): block l's encoder reads block l's
+    # MLP input *in the spliced run*, the stream the CLT's outputs below l already changed;
+    # y_hat_l takes the codes of blocks 0..l from that same run. All three MLPs zeroed is the
+    # ablation.
+    whole = spliced_clt_reference(linear_gpt2, text_corpus, t, list(range(N_LAYERS)), "live")
+    assert_downstream_matches(section["metrics"], whole)
+    # Encoders reading the clean run's MLP inputs instead would be another number.
+    frozen = spliced_clt_reference(linear_gpt2, text_corpus, t, list(range(N_LAYERS)), "clean")
+    assert section["metrics"]["ce_sae"] != pytest.approx(frozen["ce_sae"], abs=100 * CE_TOL)
+    # One block at a time (diagnose/model_pass.py `_clt_downstream`): block l's MLP output
+    # alone replaced by y_hat_l from the clean inputs of blocks 0..l (the spliced run's own
+    # inputs too: nothing below l changed), and block l's MLP alone zeroed.
+    for layer, entry in enumerate(doc["saes"]):
+        one = spliced_clt_reference(linear_gpt2, text_corpus, t, [layer], "clean")
+        assert_downstream_matches(entry["metrics"], one)
+        assert entry["metrics"]["ce_sae"] != pytest.approx(whole["ce_sae"], abs=100 * CE_TOL)
     _every_view_shows(doc, section)
 
 

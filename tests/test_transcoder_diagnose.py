@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny_tokenizer
 from saedoctor.activations.model import LoadedModel
 from saedoctor.diagnose.entries import sae_entry
 from saedoctor.diagnose.options import DiagnoseOptions
@@ -18,26 +17,10 @@ from saedoctor.diagnose.passes import run_on_model
 from saedoctor.diagnose.units import SAEUnderTest, new_suite
 from saedoctor.sae.model import Dictionary, SAEConfig
 from saedoctor.sae.site import Site
+from tiny_gpt2 import LOUD_LAYER, N_LAYERS, D, reference_batches, spliced_loss_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-D, D_T, LAYER, N_LAYERS = 32, 48, 1, 3
-
-
-@pytest.fixture(scope="module")
-def linear_gpt2() -> LoadedModel:
-    """GPT-2 with an identity activation: each MLP is affine, `x W_fc W_proj + b`."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = build_tiny_tokenizer()
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=D, n_layer=N_LAYERS, n_head=4,
-                        n_positions=128, activation_function="linear",
-                        bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).eval().requires_grad_(False)
-    with torch.no_grad():  # a loud MLP, so that ablating it costs loss worth recovering
-        model.transformer.h[LAYER].mlp.c_proj.weight.mul_(30.0)
-    return LoadedModel(model, tokenizer, "tiny-linear-gpt2", N_LAYERS, D)
+D_T, LAYER = 48, LOUD_LAYER
 
 
 def transcoder(model, *, skip: bool, seed: int = 0, planted: bool = False,
@@ -85,16 +68,21 @@ def report(loaded: LoadedModel, corpus, dictionaries: list[Dictionary], path: st
     return document
 
 
+def transcode64(tc: Dictionary, x: torch.Tensor) -> torch.Tensor:
+    """A relu transcoder's output on `x`, by hand in float64."""
+    pre = x.double() @ tc.W_enc.double() + tc.b_enc.double()
+    y_hat = F.relu(pre) @ tc.W_dec.double() + tc.b_dec.double()
+    if tc.W_skip is not None:
+        y_hat = y_hat + x.double() @ tc.W_skip.double()
+    return y_hat
+
+
 @torch.no_grad()
 def reference(loaded: LoadedModel, corpus, tc: Dictionary) -> dict[str, float]:
     """Float64 by hand: hooks on the MLP, the transcoder applied row by row, CE / KL of the
     model with the MLP output replaced and zeroed."""
-    from saedoctor.activations.batches import token_batches
-    from saedoctor.activations.corpus import iter_documents
-
     model, mlp = loaded.model, loaded.model.transformer.h[LAYER].mlp
-    batches = token_batches(loaded.tokenizer, iter_documents(str(corpus)), context=32,
-                            batch_size=4, max_tokens=2048)  # fmt: skip
+    batches = reference_batches(loaded, corpus)
     ys, yhats, ce = [], [], {"clean": [], "tc": [], "zero": []}
     kls: dict[str, list] = {"tc": [], "zero": []}
     for batch in batches:
@@ -104,10 +92,7 @@ def reference(loaded: LoadedModel, corpus, tc: Dictionary) -> dict[str, float]:
         clean = model(input_ids=ids).logits.double()
         hook.remove()
         x, y = seen["x"].double(), seen["y"].double()
-        pre = x @ tc.W_enc.double() + tc.b_enc.double()
-        y_hat = F.relu(pre) @ tc.W_dec.double() + tc.b_dec.double()
-        if tc.W_skip is not None:
-            y_hat = y_hat + x @ tc.W_skip.double()
+        y_hat = transcode64(tc, x)
         ys.append(y[counted])
         yhats.append(y_hat[counted])
         logp = {"clean": clean.log_softmax(-1)}
@@ -232,51 +217,13 @@ def test_filter_circuit_tracer_refuses_a_report_without_transcoders(
     assert not (tmp_path / "ct").exists()
 
 
-@torch.no_grad()
 def replacement_model_reference(loaded: LoadedModel, corpus, tcs: list[Dictionary]) -> dict:
     """Float64 CE / KL of the model with every transcoder's MLP replaced in one forward (each
     transcoder reads the MLP input of that run), and with all those MLPs zeroed."""
-    from saedoctor.activations.batches import token_batches
-    from saedoctor.activations.corpus import iter_documents
-
-    model = loaded.model
-    mlps = [model.transformer.h[tc.site.layer].mlp for tc in tcs]
-    batches = token_batches(loaded.tokenizer, iter_documents(str(corpus)), context=32,
-                            batch_size=4, max_tokens=2048)  # fmt: skip
-    sums = {"clean": [], "set": [], "zero": []}
-    kls: dict[str, list] = {"set": [], "zero": []}
-    for batch in batches:
-        ids, counted = batch.input_ids, batch.counted
-
-        def logp_with(replace, ids=ids, counted=counted) -> torch.Tensor:
-            hooks = [m.register_forward_hook(lambda m, a, o, tc=tc: replace(tc, a[0], o, counted))
-                     for m, tc in zip(mlps, tcs, strict=True)]  # fmt: skip
-            try:
-                return model(input_ids=ids).logits.double().log_softmax(-1)
-            finally:
-                for h in hooks:
-                    h.remove()
-
-        def spliced(tc, x, y, counted):
-            out = y.clone()
-            out[counted] = tc(x[counted])[0].to(y.dtype)
-            return out
-
-        logp = {"clean": model(input_ids=ids).logits.double().log_softmax(-1),
-                "set": logp_with(spliced),
-                "zero": logp_with(lambda tc, x, y, c: torch.zeros_like(y))}  # fmt: skip
-        mask = counted[:, :-1] & batch.real()[:, 1:]
-        for name, lp in logp.items():
-            nll = -lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-            sums[name].append(nll[mask])
-        p = logp["clean"].exp()
-        for name in kls:
-            kls[name].append((p * (logp["clean"] - logp[name])).sum(-1)[counted])
-    ce = {k: float(torch.cat(v).mean()) for k, v in sums.items()}
-    return {"ce_clean": ce["clean"], "ce_sae": ce["set"], "ce_ablated": ce["zero"],
-            "loss_recovered": (ce["zero"] - ce["set"]) / (ce["zero"] - ce["clean"]),
-            "kl_sae": float(torch.cat(kls["set"]).mean()),
-            "kl_ablated": float(torch.cat(kls["zero"]).mean())}  # fmt: skip
+    by_layer = {tc.site.layer: tc for tc in tcs}
+    return spliced_loss_reference(loaded, corpus, {
+        layer: lambda layer, live, clean: transcode64(by_layer[layer], live[layer])
+        for layer in by_layer})  # fmt: skip
 
 
 def test_a_transcoder_set_spliced_whole_matches_a_replacement_model(
