@@ -93,6 +93,12 @@ def save_circuit_tracer(dicts: list[Dictionary], directory: str | Path) -> Path:
     return circuit_tracer.save(dicts, directory)
 
 
+def save_clt(clt: CrossLayerTranscoder, directory: str | Path) -> Path:
+    """Write a cross-layer transcoder in circuit-tracer's layout (`config.yaml`,
+    `W_enc_{i}.safetensors`, `W_dec_{i}.safetensors`), atomically; `load_clt` reads it."""
+    return circuit_tracer.save_clt(clt, directory)
+
+
 def load_clt(path: str | Path, *, device: str = "cpu") -> CrossLayerTranscoder:
     """A circuit-tracer cross-layer transcoder folder (`model_kind: cross_layer_transcoder`):
     float32 encoders on `device`; the decoders stay memory-mapped on disk, one slice read at a

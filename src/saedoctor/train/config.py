@@ -16,6 +16,7 @@ variance unexplained and `l1_penalty` / `sparsity_penalty` mean what SAELens's
 `kind="transcoder"` trains per-layer transcoders instead: the encoder reads a block's
 `mlp_in`, the decoder reconstructs the same block's `mlp_out` (optionally plus a linear
 skip, `skip=True`); input and target are rescaled separately and terms are divided by d_out.
+`kind="clt"` trains one cross-layer transcoder over blocks 0..n-1 (`train/clt_trainer.py`).
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ from saedoctor.sae.arch import TOPK_ARCHITECTURES, TRAINABLE_ARCHITECTURES
 from saedoctor.sae.site import SITE_KINDS
 
 ARCHITECTURES = TRAINABLE_ARCHITECTURES
-KINDS = ("sae", "transcoder")
-# A transcoder's (input, output) site kinds, at the same block.
+KINDS = ("sae", "transcoder", "clt")
+# A transcoder's (input, output) site kinds, at the same block (a CLT's, at every block).
 TRANSCODER_SITES = ("mlp_in", "mlp_out")
+# circuit-tracer stores ReLU / JumpReLU CLTs; BatchTopK exports as JumpReLU with its global
+# threshold. TopK has no on-disk form there, gated no CLT form anywhere.
+CLT_TRAINABLE = ("relu", "jumprelu", "batchtopk")
 PRECISIONS = ("fp32", "bf16")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("wandb", "tensorboard")
@@ -70,7 +74,8 @@ class TrainConfig:
         [defaults.DEFAULT_LAYER], flag="--layer", help="block index (repeatable: one SAE each)")
     site: str = option(defaults.DEFAULT_SITE_KIND, help=" | ".join(SITE_KINDS))
     kind: str = option(
-        "sae", help="sae | transcoder (reads mlp_in, reconstructs mlp_out of the same block)")
+        "sae", help="sae | transcoder (reads mlp_in, reconstructs mlp_out of the same block) | "
+        "clt (a cross-layer transcoder over blocks 0..n-1)")
     dataset: str = option(
         defaults.DEFAULT_TRAIN_CORPUS, flag=("--dataset", "--corpus"), help="training corpus")
     text_field: str = option("text", cli=False, help="text column of jsonl/parquet/HF data")
@@ -221,7 +226,7 @@ def _with(cfg: TrainConfig, changes: dict[str, Any], source: str, allowed: tuple
             where = "per-layer " if allowed is SAE_FIELDS else ""
             raise InputError(f"{source}: unknown {where}training field {raw_key!r}{extra}")
         updates[key] = _coerce(key, value, source)
-    if updates.get("kind") == "transcoder" and "site" not in updates:
+    if updates.get("kind") in ("transcoder", "clt") and "site" not in updates:
         # The site default is an SAE's; a transcoder's input is fixed, so `--kind transcoder`
         # alone means mlp_in. A site given with it is checked by `validate`.
         if cfg.site == defaults.DEFAULT_SITE_KIND:
@@ -310,19 +315,39 @@ def _check_run(cfg: TrainConfig) -> None:
 
 def _check_kind(cfg: TrainConfig) -> None:
     _choice("kind", cfg.kind, KINDS)
-    if cfg.kind == "transcoder" and cfg.site != TRANSCODER_SITES[0]:
+    if cfg.kind != "sae" and cfg.site != TRANSCODER_SITES[0]:
         raise InputError(
-            f"site={cfg.site} with kind transcoder: a transcoder reads {TRANSCODER_SITES[0]} "
+            f"site={cfg.site} with kind {cfg.kind}: a transcoder reads {TRANSCODER_SITES[0]} "
             f"and reconstructs {TRANSCODER_SITES[1]} of the same block; drop --site "
             f"(or use --kind sae to train an SAE on {cfg.site})"
         )
+    if cfg.kind == "clt":
+        _check_clt(cfg)
+
+
+def _check_clt(cfg: TrainConfig) -> None:
+    if sorted(cfg.layers) != list(range(len(cfg.layers))):
+        raise InputError(
+            f"layers={cfg.layers} with kind clt: a cross-layer transcoder covers blocks "
+            f"0..n-1 with no gap (circuit-tracer's layout), e.g. --layer 0 --layer 1 --layer 2"
+        )
+    if cfg.architecture not in CLT_TRAINABLE:
+        raise InputError(f"architecture={cfg.architecture} with kind clt: expected one of "
+                         f"{', '.join(CLT_TRAINABLE)} (circuit-tracer has no TopK or gated "
+                         "CLT)")  # fmt: skip
+    if cfg.skip:
+        raise InputError("skip with kind clt: a cross-layer transcoder has no skip term; "
+                         "use --kind transcoder --skip for skip transcoders")  # fmt: skip
+    if cfg.layer_overrides:
+        raise InputError("layer_overrides with kind clt: a CLT is one dictionary over all "
+                         "its blocks; its hyper-parameters cannot differ per block")  # fmt: skip
 
 
 def _check_sae(cfg: TrainConfig, where: str) -> None:
     _choice(f"{where}architecture", cfg.architecture, ARCHITECTURES)
     if not isinstance(cfg.skip, bool):
         raise InputError(f"{where}skip={cfg.skip!r}: expected true or false")
-    if cfg.skip and cfg.kind != "transcoder":
+    if cfg.skip and cfg.kind == "sae":
         raise InputError(f"{where}skip: a linear skip needs kind transcoder (an SAE "
                          "reconstructs its own input, which a skip would copy)")
     _choice(f"{where}b_dec_init", cfg.b_dec_init, B_DEC_INITS)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 
 from saedoctor.sae.arch import get_architecture
 from saedoctor.sae.codes import Codes
+from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
 from saedoctor.train.config import TRANSCODER_SITES, TrainConfig, d_sae_for
@@ -81,6 +83,22 @@ def lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> floa
     if decay_steps > 0 and step >= total - decay_steps:
         factor = min(factor, max(0.0, (total - step) / decay_steps))
     return factor
+
+
+@dataclass
+class Forward:
+    """One micro-batch's forward pass on the training scale: rescaled input and target,
+    pre-activations, codes (values, indices or None), reconstruction, norm-weighted codes,
+    and the terms the activation added (JumpReLU's L0)."""
+
+    xs: torch.Tensor
+    target: torch.Tensor
+    pre: torch.Tensor
+    vals: torch.Tensor
+    idx: torch.Tensor | None
+    x_hat: torch.Tensor
+    weighted: torch.Tensor
+    terms: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -222,11 +240,31 @@ class TrainableSAE:
                    y: torch.Tensor | None = None) -> StepOutput:  # fmt: skip
         """Forward and backward on one micro-batch of raw activations (and a transcoder's
         raw targets `y`); grads accumulate. The output is on `y`'s raw scale."""
-        cfg, p = self.cfg, self.params
+        fwd = self.forward(x, y)
+        terms = self.loss_terms(fwd, step)
+        (sum(terms.values()) * scale_loss).backward()
+        return self.finish(fwd, terms)
+
+    def train_rows(self, acts: dict[Site, torch.Tensor], rows: torch.Tensor, step: int,
+                   scale_loss: float) -> tuple[torch.Tensor, StepOutput]:  # fmt: skip
+        """`micro_step` on rows `rows` of a pool's activations; (raw target, output)."""
+        x = acts[self.site][rows]
+        if not self.transcoder:
+            return x, self.micro_step(x, step, scale_loss)
+        y = acts[self.output_site][rows]
+        return y, self.micro_step(x, step, scale_loss, y)
+
+    def initialise_from(self, acts: dict[Site, torch.Tensor]) -> None:
+        """`initialise` from a pool's activations at this dictionary's sites."""
+        y = acts[self.output_site] if self.transcoder else None
+        self.initialise(acts[self.site], y)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Forward:
+        """Codes and reconstruction of raw `x` (rescaled), and the activation's own terms."""
+        p = self.params
         xs = x.to(self.device, torch.float32) * float(self.scale)
         target = self._target(xs, y)
         pre = self._encode(xs)
-        n = xs.shape[0]
         norms = p["W_dec"].norm(dim=1)
         terms: dict[str, torch.Tensor] = {}
         codes_vals, codes_idx = self.architecture.train_codes(self, pre, terms)
@@ -239,27 +277,35 @@ class TrainableSAE:
             weighted = codes_vals * norms
         if "W_skip" in p:
             x_hat = x_hat + self._skip_term(xs)
-        residual = target - x_hat
+        return Forward(xs, target, pre, codes_vals, codes_idx, x_hat, weighted, terms)
+
+    def loss_terms(self, fwd: Forward, step: int) -> dict[str, torch.Tensor]:
+        """Every loss term of `fwd`, read against `fwd.x_hat` (a CLT adds its cross-layer
+        terms to it first)."""
+        cfg, terms = self.cfg, fwd.terms
+        residual = fwd.target - fwd.x_hat
         terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_out
         if cfg.l1_penalty > 0:
-            terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_out
+            terms["l1"] = cfg.l1_penalty * fwd.weighted.sum(-1).mean() / self.d_out
         if cfg.sparsity_penalty > 0 and not self.architecture.owns_l0_penalty:
-            terms["l0"] = cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean() / self.d_out
+            terms["l0"] = (cfg.sparsity_penalty * torch.tanh(fwd.weighted).sum(-1).mean()
+                           / self.d_out)  # fmt: skip
         if cfg.diversity_loss_weight > 0:
-            terms["diversity"] = self._diversity(codes_vals, codes_idx)
+            terms["diversity"] = self._diversity(fwd.vals, fwd.idx)
         if cfg.auxk_alpha > 0:
-            terms["auxk"] = self._auxk(pre, residual)
+            terms["auxk"] = self._auxk(fwd.pre, residual)
         if cfg.decoder_orthogonality_weight > 0:
             terms["orthogonality"] = self._orthogonality(step)
-        loss = sum(terms.values())
-        (loss * scale_loss).backward()
-        with torch.no_grad():
-            self._bookkeep(codes_vals, codes_idx, n)
-            inv = 1.0 / float(self.out_scale)
-            codes = Codes(codes_vals.detach() * inv, codes_idx, self.d_sae)
-            out = StepOutput({k: float(v) for k, v in terms.items()}, codes,
-                             x_hat.detach() * inv)  # fmt: skip
-        return out
+        return terms
+
+    @torch.no_grad()
+    def finish(self, fwd: Forward, terms: dict[str, torch.Tensor]) -> StepOutput:
+        """Bookkeeping after the backward pass; the step's output on the raw target scale."""
+        self._bookkeep(fwd.vals, fwd.idx, fwd.xs.shape[0])
+        inv = 1.0 / float(self.out_scale)
+        codes = Codes(fwd.vals.detach() * inv, fwd.idx, self.d_sae)
+        return StepOutput({k: float(v) for k, v in terms.items()}, codes,
+                          fwd.x_hat.detach() * inv)  # fmt: skip
 
     def _diversity(self, vals: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         over = (self.density_ema > self.cfg.diversity_target_density).to(vals.dtype)
@@ -366,6 +412,18 @@ class TrainableSAE:
         sae.load_weights(tensors, self.name)
         self.architecture.finish_export(self, sae, s)
         return sae.requires_grad_(False)
+
+    def save(self, exported: SAE, directory: Path) -> Path:
+        """Write what `export` returned (saedoctor's native layout)."""
+        return save_sae(exported, directory)
+
+    def trainer_fields(self) -> dict[str, Any]:
+        """What the exported dictionary's metadata records about this training."""
+        fields: dict[str, Any] = {"effective_learning_rate": self.base_lr, "d_sae": self.d_sae,
+                                  "input_scale": float(self.scale)}  # fmt: skip
+        if self.transcoder:
+            fields.update(output_site=self.output_site.kind, output_scale=float(self.out_scale))
+        return fields
 
     def _export_transcoder(self, model_name: str | None, metadata: dict[str, Any]) -> SAE:
         """Trained on `x' = s_in·x` towards `y' = s_out·y`: pre-activations, codes, thresholds

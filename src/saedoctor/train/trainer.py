@@ -30,10 +30,10 @@ from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.progress import stderr_console
 from saedoctor.sae.arch import TOPK_ARCHITECTURES
-from saedoctor.sae.loaders import save_sae
-from saedoctor.sae.model import SAE
+from saedoctor.sae.model import SAE, Dictionary
 from saedoctor.sae.site import Site
 from saedoctor.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from saedoctor.train.clt_trainer import TrainableCLT, clt_sites
 from saedoctor.train.config import (
     TRANSCODER_SITES,
     TrainConfig,
@@ -83,6 +83,8 @@ class SAESpec:
     @property
     def sites(self) -> list[Site]:
         """Every site the forward pass must read for this dictionary."""
+        if self.cfg.kind == "clt":
+            return clt_sites(self.cfg.layers)
         return [self.site] if self.target_site == self.site else [self.site, self.target_site]
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,14 +116,19 @@ class TrainResult:
 
 
 def sae_name(cfg: TrainConfig, site: Site) -> str:
-    what = site.kind
+    what, where = site.kind, f"L{site.layer}"
     if cfg.kind == "transcoder":
         what = "skip-transcoder" if cfg.skip else "transcoder"
-    name = f"L{site.layer}-{what}-{cfg.architecture}-x{cfg.expansion_factor:g}"
+    if cfg.kind == "clt":
+        what, where = "clt", f"L{min(cfg.layers)}-{max(cfg.layers)}"
+    name = f"{where}-{what}-{cfg.architecture}-x{cfg.expansion_factor:g}"
     return name + (f"-k{cfg.top_k}" if cfg.architecture in TOPK_ARCHITECTURES else "")
 
 
 def specs_for(cfg: TrainConfig) -> list[SAESpec]:
+    if cfg.kind == "clt":  # one dictionary over every block
+        site = Site(min(cfg.layers), cfg.site)
+        return [SAESpec(sae_name(cfg, site), site, cfg, Site(site.layer, TRANSCODER_SITES[1]))]
     specs = []
     for layer in cfg.layers:
         sub, site = cfg.for_layer(layer), Site(layer, cfg.site)
@@ -133,6 +140,22 @@ def specs_for(cfg: TrainConfig) -> list[SAESpec]:
 def site_width(source: Source, site: Site) -> int:
     """Width of `site`'s activations in `source` (one width for every site of a model)."""
     return getattr(source, "widths", {}).get(site, source.d_in)
+
+
+def make_trainable(spec: SAESpec, source: Source, total_steps: int,
+                   device: str) -> TrainableSAE | TrainableCLT:  # fmt: skip
+    d_in, d_out = site_width(source, spec.site), site_width(source, spec.target_site)
+    if spec.cfg.kind == "clt":
+        return TrainableCLT(spec.name, spec.cfg, d_in, total_steps, device, d_out=d_out)
+    return TrainableSAE(spec.name, spec.site, spec.cfg, d_in, total_steps, device,
+                        output_site=spec.output_site, d_out=d_out)  # fmt: skip
+
+
+def monitor_widths(spec: SAESpec, source: Source) -> tuple[int, int]:
+    """(target width, dictionary width) the health monitor sees: a CLT's blocks side by side."""
+    blocks = len(spec.cfg.layers) if spec.cfg.kind == "clt" else 1
+    d_sae = d_sae_for(spec.cfg, site_width(source, spec.site))
+    return blocks * site_width(source, spec.target_site), blocks * d_sae
 
 
 @dataclass
@@ -173,20 +196,15 @@ class Trainer:
         self.quiet, self.on_step = quiet, on_step
         self.total_steps = cfg.total_steps
         self.ranks = ranks or TrainRanks(World())
-        self.saes = {
-            s.name: TrainableSAE(s.name, s.site, s.cfg, site_width(source, s.site),
-                                 self.total_steps, cfg.device, output_site=s.output_site,
-                                 d_out=site_width(source, s.target_site))
-            for i, s in enumerate(specs) if self.ranks.trains(i)
-        }  # fmt: skip
+        self.saes = {s.name: make_trainable(s, source, self.total_steps, cfg.device)
+                     for i, s in enumerate(specs) if self.ranks.trains(i)}  # fmt: skip
         for sae in self.saes.values():
             sae.reducer = self.ranks.reducer()
         every = cfg.monitor_every or max(1, -(-MIN_WINDOW_TOKENS // cfg.tokens_per_step))
         live = not quiet and self.console.is_terminal
         self.loggers = list(loggers or [])
         self.monitor = HealthMonitor(  # every SAE's: rank 0 folds the other ranks' windows in
-            {s.name: (site_width(source, s.target_site),
-                      d_sae_for(s.cfg, site_width(source, s.site))) for s in specs}, every,
+            {s.name: monitor_widths(s, source) for s in specs}, every,
             always_on=cfg.always_on_threshold, console=self.console, live=live, quiet=quiet,
             loggers=self.loggers,
         )  # fmt: skip
@@ -259,7 +277,8 @@ class Trainer:
         if hasattr(self.source, "interrupted"):
             # between optimizer steps only: mid-accumulation state is not checkpointed
             self.source.interrupted = no_interrupt_mid_pool(
-                self.ranks, lambda: self.stop_requested and self.micro == 0)
+                self.ranks, lambda: self.stop_requested and self.micro == 0
+            )
         self._targets = {prog.pool_index: prog.pool_target} if prog.pool_target else {}
         self._micro_done = prog.step * cfg.gradient_accumulation
         self._epoch = start.epoch
@@ -325,25 +344,17 @@ class Trainer:
 
     def _initialise(self, pool: Pool) -> None:
         for sae in self.saes.values():
-            if sae.initialised:
-                continue
-            if sae.transcoder:
-                sae.initialise(pool.acts[sae.site], pool.acts[sae.output_site])
-            else:
-                sae.initialise(pool.acts[sae.site])
+            if not sae.initialised:
+                sae.initialise_from(pool.acts)
 
     def _micro(self, pool: Pool, rows: torch.Tensor) -> None:
         step, scale = self.progress.step, 1.0 / self.cfg.gradient_accumulation
         rows = self.ranks.share(rows)
         for name, sae in self.saes.items():
-            x = pool.acts[sae.site][rows]
-            if sae.transcoder:  # the monitor judges the reconstruction of the target
-                y = pool.acts[sae.output_site][rows]
-                out = sae.micro_step(x, step, scale, y)
-                x = y
-            else:
-                out = sae.micro_step(x, step, scale)
-            self.monitor.update(name, x.to(out.x_hat.device), out.x_hat, out.codes, out.losses)
+            # the monitor judges the reconstruction of the target (an SAE's is its input)
+            target, out = sae.train_rows(pool.acts, rows, step, scale)
+            self.monitor.update(name, target.to(out.x_hat.device), out.x_hat, out.codes,
+                                out.losses)  # fmt: skip
 
     def _optimizer_step(self, pool: Pool, used: int, size: int) -> None:
         prog = self.progress
@@ -394,11 +405,13 @@ class Trainer:
             "saes": {s.name: saes[s.name] for s in self.specs if s.name in saes},
             "monitor": self.monitor.state_dict(),
             "progress": {
-                "step": p.step, "pool_index": p.pool_index,
+                "step": p.step,
+                "pool_index": p.pool_index,
                 "pool_start": [p.pool_start.epoch, p.pool_start.sequence],
-                "pool_end": None if p.pool_end is None else [p.pool_end.epoch,
-                                                             p.pool_end.sequence],
-                "used": p.used, "pool_size": p.pool_size, "pool_target": p.pool_target,
+                "pool_end": None if p.pool_end is None else [p.pool_end.epoch, p.pool_end.sequence],
+                "used": p.used,
+                "pool_size": p.pool_size,
+                "pool_target": p.pool_target,
             },  # fmt: skip
             "rng": {"torch": torch.get_rng_state()},
             "wall_s": wall_s,
@@ -432,8 +445,10 @@ class Trainer:
             self.stop_requested = True
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             if self.ranks.is_main:
-                self.console.print(f"[bold]{what}[/]: finishing this step and saving a "
-                                   "checkpoint (Ctrl-C again to abort without saving)")
+                self.console.print(
+                    f"[bold]{what}[/]: finishing this step and saving a "
+                    "checkpoint (Ctrl-C again to abort without saving)"
+                )
 
         # SIGTERM (a scheduler's preemption, `kill`) is treated like Ctrl-C: save, then stop.
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -476,10 +491,11 @@ class Trainer:
         for i, spec in enumerate(self.specs):
             if self.ranks.owner(i) != self.ranks.world.rank:
                 continue
-            sae = self.saes[spec.name].export(self.model_name, self.metadata(spec, tokens))
+            trained = self.saes[spec.name]
+            sae = trained.export(self.model_name, self.metadata(spec, tokens))
             saes[spec.name] = sae
             if self.out_dir is not None:
-                paths[spec.name] = save_sae(sae, self.out_dir / spec.name)
+                paths[spec.name] = trained.save(sae, self.out_dir / spec.name)
         for share in (self.ranks.gather_to_main(paths) or [])[1:]:
             paths.update(share)
         summary = {
@@ -487,15 +503,18 @@ class Trainer:
             "saes": {s.name: {"path": str(paths.get(s.name, "")), "layer": s.site.layer,
                               "site": s.site.kind, "config": s.cfg.to_dict(),
                               "final": self.monitor.latest.get(s.name),
-                              **({"output_site": s.output_site.kind} if s.output_site else {})}
+                              **({"output_site": s.output_site.kind} if s.output_site else {}),
+                              **({"layers": s.cfg.layers} if s.cfg.kind == "clt" else {})}
                      for s in self.specs},
             "steps": self.step, "tokens": tokens, "wall_time_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "warnings": self.monitor.warnings, "history": self.monitor.history,
         }  # fmt: skip
         if self.ranks.active:
-            summary["ranks"] = {"world_size": self.ranks.world.size,
-                                "mode": "layers" if self.ranks.distribute_layers else "data"}
+            summary["ranks"] = {
+                "world_size": self.ranks.world.size,
+                "mode": "layers" if self.ranks.distribute_layers else "data",
+            }
         transcoders = self._gather_transcoders(saes)
         if transcoders and self.out_dir is not None and self.ranks.is_main:
             summary["circuit_tracer"] = self._circuit_tracer(transcoders)
@@ -520,7 +539,9 @@ class Trainer:
         """Every trained transcoder (from every rank under --distribute-layers), on rank 0."""
         if not any(s.output_site is not None for s in self.specs):
             return []
-        mine = {n: sae for n, sae in saes.items() if sae.is_transcoder}
+        mine = {
+            n: sae for n, sae in saes.items() if isinstance(sae, Dictionary) and sae.is_transcoder
+        }  # a CLT is saved whole
         if self.ranks.distribute_layers and self.ranks.active:
             for share in self.ranks.gather_to_main(mine if not self.ranks.is_main else {}) or []:
                 mine.update(share)
@@ -531,12 +552,7 @@ class Trainer:
         trainer = {"name": "saedoctor.train", "version": __version__, **cfg.to_dict()}
         trainer.pop("layers", None)
         trainer.pop("layer_overrides", None)
-        trainer.update(layer=spec.site.layer, site=spec.site.kind,
-                       effective_learning_rate=trained.base_lr,
-                       d_sae=trained.d_sae, input_scale=float(trained.scale))  # fmt: skip
-        if trained.transcoder:
-            trainer.update(output_site=trained.output_site.kind,
-                           output_scale=float(trained.out_scale))  # fmt: skip
+        trainer.update(layer=spec.site.layer, site=spec.site.kind, **trained.trainer_fields())
         final = self.monitor.latest.get(spec.name) or {}
         health = {k: final.get(k) for k in ("step", "window_tokens", "always_on_count",
                                              "always_on_features", "dead_pct", "l0",
@@ -679,7 +695,7 @@ def train_on_activations(
     came from (recorded as the SAEs' training_corpus)."""
     cfg.validate()
     if isinstance(acts, torch.Tensor):
-        if cfg.kind == "transcoder":
+        if cfg.kind != "sae":
             raise InputError("a transcoder trains on {Site(L, 'mlp_in'): x, "
                              "Site(L, 'mlp_out'): y}, not one tensor")  # fmt: skip
         acts = {Site(cfg.layers[0], cfg.site): acts}

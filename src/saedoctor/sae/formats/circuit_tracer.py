@@ -45,8 +45,10 @@ from saedoctor.sae.site import is_transcoder_site, parse_hook_name
 
 CFG_FILE = "config.yaml"
 EXPECTS = f"{CFG_FILE} + layer_{{i}}.safetensors (circuit-tracer transcoder set)"
-EXPECTS_CLT = (f"{CFG_FILE} (model_kind: cross_layer_transcoder) + W_enc_{{i}}.safetensors + "
-               "W_dec_{i}.safetensors (circuit-tracer cross-layer transcoder)")
+EXPECTS_CLT = (
+    f"{CFG_FILE} (model_kind: cross_layer_transcoder) + W_enc_{{i}}.safetensors + "
+    "W_dec_{i}.safetensors (circuit-tracer cross-layer transcoder)"
+)
 THRESHOLD_KEY = "activation_function.threshold"
 _LAYER_FILE = re.compile(r"^layer_(\d+)\.safetensors$")
 _MAX_CFG_BYTES = 1 << 20  # a config.yaml is a few lines; refuse to parse megabytes
@@ -139,8 +141,10 @@ def _hooks(cfg: dict[str, Any], file: Path) -> tuple[str, str]:
         hook = cfg.get(key)
         site = parse_hook_name(f"blocks.0.{hook}") if isinstance(hook, str) else None
         if site is None or not is_transcoder_site(site.kind, role):
-            want = "ln2.hook_normalized or mlp.hook_in" if role == "input" else (
-                "hook_mlp_out or mlp.hook_out"
+            want = (
+                "ln2.hook_normalized or mlp.hook_in"
+                if role == "input"
+                else ("hook_mlp_out or mlp.hook_out")
             )
             raise InputError(
                 f"{file}: {key} {hook!r} is not a hook saedoctor reads; expected {want}"
@@ -298,8 +302,10 @@ def load_clt(path: Path) -> CrossLayerTranscoder:
 
     cfg = read_config(path / CFG_FILE)
     if cfg["model_kind"] != CLT_KIND:
-        raise InputError(f"{path / CFG_FILE}: model_kind {cfg['model_kind']!r}; expected "
-                         f"'{CLT_KIND}' (a transcoder set loads with load_dictionaries)")
+        raise InputError(
+            f"{path / CFG_FILE}: model_kind {cfg['model_kind']!r}; expected "
+            f"'{CLT_KIND}' (a transcoder set loads with load_dictionaries)"
+        )
     hooks = _hooks(cfg, path / CFG_FILE)
     enc_files, dec_files = _clt_files(path)
     decoder = SafetensorsDecoderSource(dec_files, dtype=torch.float32)  # headers only
@@ -376,15 +382,40 @@ def save(dicts: list[Dictionary], directory: str | Path) -> Path:
     the target as it was."""
     directory = Path(directory)
     ordered = _checked_for_saving(dicts, directory)
-    layers = [_layer_tensors(d) for d in ordered]
-    config = _config(ordered)
+    files = {f"layer_{i}.safetensors": _layer_tensors(d) for i, d in enumerate(ordered)}
+    return _write_folder(directory, files, _config(ordered, SET_KIND))
+
+
+def save_clt(clt: CrossLayerTranscoder, directory: str | Path) -> Path:
+    """Write a CLT in circuit-tracer's layout: `W_enc_{i}.safetensors` (`W_enc_{i}`,
+    `b_enc_{i}`, `b_dec_{i}`, `threshold_{i}` for JumpReLU) and `W_dec_{i}.safetensors`
+    (`W_dec_{i} [d_t, n - i, d_model]`, gathered one slice at a time), written atomically."""
+    directory = Path(directory)
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for i, enc in enumerate(clt.encoders):
+        _check_savable(enc, directory)
+        layer = _layer_tensors(enc)
+        files[f"W_enc_{i}.safetensors"] = {
+            f"W_enc_{i}": layer["W_enc"], f"b_enc_{i}": layer["b_enc"],
+            f"b_dec_{i}": layer["b_dec"],
+            **({f"threshold_{i}": layer[THRESHOLD_KEY]} if THRESHOLD_KEY in layer else {}),
+        }  # fmt: skip
+    for i in range(clt.n_layers):
+        slices = [clt.decoder.decoder_slice(i, t).detach().cpu() for t in range(i, clt.n_layers)]
+        files[f"W_dec_{i}.safetensors"] = {f"W_dec_{i}": torch.stack(slices, 1).contiguous()}
+    return _write_folder(directory, files, _config(clt.encoders, CLT_KIND))
+
+
+def _write_folder(directory: Path, files: dict[str, dict[str, torch.Tensor]],
+                  config: dict[str, Any]) -> Path:  # fmt: skip
+    """`files` and `config.yaml` into a temporary folder, then swapped in whole."""
     _check_target(directory)
-    yaml = _yaml(directory)
+    text = _yaml(directory).safe_dump(config, sort_keys=False)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        _write_into(tmp, layers, yaml.safe_dump(config, sort_keys=False))
+        _write_into(tmp, files, text)
         _swap_in(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -408,8 +439,11 @@ def _checked_for_saving(dicts: list[Dictionary], directory: Path) -> list[Dictio
 
 def _check_savable(d: Dictionary, directory: Path) -> None:
     site, out = d.site, d.output_site
-    if site is None or out is None or not is_transcoder_site(site.kind, "input") or (
-        not is_transcoder_site(out.kind, "output") or out.layer != site.layer
+    if (
+        site is None
+        or out is None
+        or not is_transcoder_site(site.kind, "input")
+        or (not is_transcoder_site(out.kind, "output") or out.layer != site.layer)
     ):
         raise InputError(
             f"{directory}: a dictionary reading {site} and writing {out} is not a per-layer "
@@ -445,13 +479,13 @@ def _layer_tensors(d: Dictionary) -> dict[str, torch.Tensor]:
     return out
 
 
-def _config(ordered: list[Dictionary]) -> dict[str, Any]:
+def _config(ordered: list[Dictionary], kind: str) -> dict[str, Any]:
     meta = ordered[0].cfg.metadata
     hooks = (meta.get("feature_input_hook"), meta.get("feature_output_hook"))
     if not all(isinstance(h, str) for h in hooks):
         hooks = DEFAULT_HOOKS
     cfg: dict[str, Any] = {
-        "model_kind": "transcoder_set",
+        "model_kind": kind,
         "feature_input_hook": hooks[0],
         "feature_output_hook": hooks[1],
     }
@@ -461,8 +495,10 @@ def _config(ordered: list[Dictionary]) -> dict[str, Any]:
 
 
 def _owned(directory: Path) -> bool:
-    """Whether every entry is a file a transcoder set consists of (safe to replace)."""
-    return all(p.name == CFG_FILE or _LAYER_FILE.match(p.name) for p in directory.iterdir())
+    """Whether every entry is a file a transcoder set or CLT consists of (safe to replace)."""
+    patterns = (_LAYER_FILE, _ENC_FILE, _DEC_FILE)
+    return all(p.name == CFG_FILE or any(r.match(p.name) for r in patterns)
+               for p in directory.iterdir())  # fmt: skip
 
 
 def _check_target(directory: Path) -> None:
@@ -471,15 +507,16 @@ def _check_target(directory: Path) -> None:
     if directory.is_dir() and not _owned(directory):
         raise InputError(
             f"{directory}: holds files other than a transcoder set; expected a new or empty "
-            "directory (circuit-tracer reads every layer_*.safetensors there)"
+            "directory (circuit-tracer reads every layer_*.safetensors / W_*_i.safetensors "
+            "there)"
         )
 
 
-def _write_into(tmp: Path, layers: list[dict[str, torch.Tensor]], config: str) -> None:
+def _write_into(tmp: Path, files: dict[str, dict[str, torch.Tensor]], config: str) -> None:
     from safetensors.torch import save_file
 
-    for i, tensors in enumerate(layers):
-        save_file(tensors, str(tmp / f"layer_{i}.safetensors"))
+    for name, tensors in files.items():
+        save_file(tensors, str(tmp / name))
     # Last, as circuit-tracer does: a config.yaml means the set is complete.
     (tmp / CFG_FILE).write_text(config, encoding="utf-8")
 
@@ -500,4 +537,4 @@ def _swap_in(tmp: Path, directory: Path) -> None:
 
 
 __all__ = ["CFG_FILE", "CLT_KIND", "EXPECTS", "detect", "is_clt", "layer_files", "load",
-           "load_clt", "load_set", "read_config", "save"]  # fmt: skip
+           "load_clt", "load_set", "read_config", "save", "save_clt"]  # fmt: skip
