@@ -12,6 +12,7 @@ from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.units import SAEUnderTest
 from saedoctor.metrics.absorption import AbsorptionSettings
 from saedoctor.sae.model import SAE
+from saedoctor.thresholds import INTERVAL_LEVEL
 
 # -- the report ----------------------------------------------------------------------------
 NOT_MEASURED_WITHOUT_MODEL = "no language model: evaluated on cached activations"
@@ -26,7 +27,9 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     density = metrics.pop("density")
     histogram = metrics.pop("density_histogram")
     mean_activation = metrics.pop("mean_activation_when_active")
-    metrics.update(unit.downstream.compute())
+    downstream = unit.downstream.compute()
+    intervals = intervals_entry(metrics, downstream.pop("downstream_intervals", {}))
+    metrics.update(downstream)
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:
         metrics["first_letter_absorption"] = first_letter["first_letter_absorption"]
@@ -59,6 +62,21 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
         "density_histogram": histogram,
         "feature_density": density,
         "feature_mean_activation": mean_activation,
+        "intervals": intervals,
+    }
+
+
+def intervals_entry(metrics: dict[str, Any], downstream: dict[str, list[float]]) -> dict[str, Any]:
+    """The entry's `intervals` block, taken out of the suite's `metrics`: each metric's 95 %
+    interval, how they were made, and the features whose density could be either side of a
+    threshold."""
+    values = {**(metrics.pop("intervals", None) or {}), **downstream}
+    return {
+        "level": INTERVAL_LEVEL,
+        "method": metrics.pop("interval_method", None),
+        "density_method": metrics.pop("density_interval_method", None),
+        "metrics": {k: v for k, v in values.items() if k in metrics or k in downstream},
+        "uncertain_features": metrics.pop("uncertain_features", None),
     }
 
 

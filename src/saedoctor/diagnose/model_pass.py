@@ -64,12 +64,13 @@ class ModelPass:
         def step(batch: Any) -> None:
             for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
                 where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
+                seq_ids = sb.seq_ids + batch.first_sequence  # corpus order: interval blocks
                 for unit in self.units:
                     if unit.clt is None:
                         target = sb.acts[unit.sae.output_site]
-                        feed(unit, sb.acts[unit.sae.site], sb.seq_ids, sink, where, target)
+                        feed(unit, sb.acts[unit.sae.site], seq_ids, sink, where, target)
                 for group, members in groups:
-                    feed_clt(group, members, sb.acts, sb.seq_ids.to(sb.acts[sites[0]].device),
+                    feed_clt(group, members, sb.acts, seq_ids.to(sb.acts[sites[0]].device),
                              sink, where)  # fmt: skip
                 if keep is not None:  # after feeding: a batch retried in halves is kept once
                     keep(sb)
@@ -306,10 +307,10 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
     counted = batch.counted.to(device)
     kl_mask = counted
     ce_mask = counted[:, :-1] & batch.real()[:, 1:].to(device)
-    clean = CleanDistribution(logits, input_ids)
+    clean = CleanDistribution(logits, input_ids, batch.first_sequence)
     del logits
     positions, seq_ids = counted_rows(batch)
-    positions, seq_ids = positions.to(device), seq_ids.to(device)
+    positions, seq_ids = positions.to(device), (seq_ids + batch.first_sequence).to(device)
     where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions)
 
     ablated: dict[Any, tuple] = {}
@@ -364,7 +365,7 @@ class _SpliceContext:
         ce_m, kl_m = (ce_mask, kl_mask) if ok is None else (ce_mask & ok[:, :-1], kl_mask & ok)
         if ok is not None:
             _skip_positions(unit, kl_mask & ~ok, self.first_sequence)
-        unit.downstream.add_clean(clean.ce, ce_m)
+        unit.downstream.add_clean(clean.ce, ce_m, self.first_sequence)
         for which, (ce, kl) in (("sae", sae_scores), ("ablated", ablated[out_site])):
             unit.downstream.add_patched(which, ce, kl, ce_m, kl_m)
 

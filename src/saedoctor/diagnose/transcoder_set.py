@@ -69,7 +69,7 @@ def splice_whole(splicer: Splicer, downstream: Downstream, clean: CleanDistribut
     ok = finite_positions(clean.ce, sae, zero)
     if ok is not None:
         ce_mask, kl_mask = ce_mask & ok[:, :-1], kl_mask & ok
-    downstream.add_clean(clean.ce, ce_mask)
+    downstream.add_clean(clean.ce, ce_mask, clean.first_sequence)
     for which, (ce, kl) in (("sae", sae), ("ablated", zero)):
         downstream.add_patched(which, ce, kl, ce_mask, kl_mask)
 

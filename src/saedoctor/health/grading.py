@@ -38,7 +38,20 @@ def metric_status(entry: dict[str, Any], mp: MetricPolicy, policy: Policy) -> di
             source, value = mp.fallback_source, fallback_value
     if value is None:
         return {"value": None, "status": NOT_MEASURED, "source": source}
-    return {"value": value, "status": status_of(value, mp, policy), "source": source}
+    status = status_of(value, mp, policy)
+    graded = {"value": value, "status": status, "source": source}
+    return graded | interval_reach(entry, source, status, mp, policy)
+
+
+def interval_reach(entry: dict[str, Any], source: str, status: str, mp: MetricPolicy,
+                   policy: Policy) -> dict[str, Any]:  # fmt: skip
+    """{"interval": [low, high], "reaches": [other statuses its ends fall in]} when the
+    metric has an interval: "good, interval reaches warning" is a verdict to hold loosely."""
+    interval = ((entry.get("intervals") or {}).get("metrics") or {}).get(source)
+    if not interval:
+        return {}
+    ends = {status_of(v, mp, policy) for v in interval}
+    return {"interval": interval, "reaches": [s for s in STATUSES if s in ends and s != status]}
 
 
 def overall_grade(statuses: dict[str, str]) -> tuple[str, list[str]]:

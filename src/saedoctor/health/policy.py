@@ -11,6 +11,7 @@ from typing import Any
 
 from saedoctor.errors import InputError
 from saedoctor.health.intervals import Interval, IntervalError, parse_interval
+from saedoctor.metrics.registry import GRADED
 
 # Ordered best to worst: the order is what "worst" and "best" resolution compare.
 STATUSES: tuple[str, ...] = ("excellent", "good", "warning", "critical")
@@ -18,14 +19,7 @@ HEALTHY: tuple[str, ...] = ("excellent", "good")
 PROBLEMS: tuple[str, ...] = ("warning", "critical")
 NOT_MEASURED = "not measured"
 
-GRADED_METRICS: tuple[str, ...] = (
-    "always_on_count",
-    "diversity_top10",
-    "loss_recovered",
-    "l0",
-    "dead_pct",
-    "absorption",
-)
+GRADED_METRICS: tuple[str, ...] = GRADED  # declared once, in metrics/registry.py
 RESOLUTIONS: tuple[str, ...] = ("worst", "best")
 TOP_LEVEL_KEYS: tuple[str, ...] = ("resolution", "fallback")
 METRIC_OPTIONS: tuple[str, ...] = ("fallback_source",)

@@ -59,7 +59,9 @@ class Diversity:
         self.n_sequences = torch.zeros((), dtype=torch.int64)
 
     @torch.no_grad()
-    def update(self, codes: Codes, seq_ids: torch.Tensor) -> None:
+    def update(self, codes: Codes,
+               seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Fold one batch; (each sequence's id, its distinct count), for the intervals."""
         check_codes(codes, codes.d_sae)
         if seq_ids.shape != (codes.n_tokens,):
             raise ValueError(f"seq_ids shape {tuple(seq_ids.shape)}: expected ({codes.n_tokens},)")
@@ -68,15 +70,16 @@ class Diversity:
         vals, feats = token_top(codes, self.top)
         seq = local.unsqueeze(1).expand_as(feats).reshape(-1)
         n_seq = uniq.numel()
-        self.distinct_sum += self._distinct(
-            seq, feats.reshape(-1), vals.reshape(-1), n_seq, codes.d_sae
-        )
-        self.n_sequences += uniq.numel()
+        per_sequence = self._distinct(seq, feats.reshape(-1), vals.reshape(-1), n_seq,
+                                      codes.d_sae)  # fmt: skip
+        self.distinct_sum += per_sequence.sum()
+        self.n_sequences += n_seq
+        return uniq, per_sequence
 
     def _distinct(
         self, seq: torch.Tensor, feats: torch.Tensor, vals: torch.Tensor, n_seq: int, d_sae: int
-    ) -> int:
-        """Total over sequences of distinct feature ids among each one's `top` largest values."""
+    ) -> torch.Tensor:
+        """`[n_seq]` distinct feature ids among each sequence's `top` largest values."""
         order = _by_sequence_then_value_desc(seq, vals)
         seq, feats, vals = seq[order], feats[order], vals[order]
         counts = torch.bincount(seq, minlength=n_seq)
@@ -84,7 +87,8 @@ class Diversity:
         rank = torch.arange(seq.numel(), device=seq.device) - starts[seq]
         # Masking non-positive entries after the sort (they sort last) saves three gathers.
         sel = (rank < self.top) & (vals > 0)
-        return torch.unique(seq[sel] * d_sae + feats[sel]).numel()
+        pairs = torch.unique(seq[sel] * d_sae + feats[sel])
+        return torch.bincount(pairs // d_sae, minlength=n_seq)
 
     def merge(self, other: Diversity) -> Diversity:
         if other.top != self.top:

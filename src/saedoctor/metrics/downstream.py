@@ -17,6 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saedoctor.metrics import jackknife
+from saedoctor.thresholds import INTERVAL_BLOCKS
+
 _STATE = ("ce_clean", "ce_sae", "ce_ablated", "ce_tokens", "kl_sae", "kl_ablated", "kl_tokens")
 
 
@@ -50,8 +53,10 @@ class CleanDistribution:
     Each patched run costs one log_softmax: CE and KL share it, and the clean side
     (log-probabilities, probabilities) is computed once per batch, not once per SAE."""
 
-    def __init__(self, logits: torch.Tensor, input_ids: torch.Tensor) -> None:
-        self.input_ids = input_ids
+    def __init__(self, logits: torch.Tensor, input_ids: torch.Tensor,
+                 first_sequence: int = 0) -> None:  # fmt: skip
+        """`first_sequence`: the corpus index of the batch's first row (interval blocks)."""
+        self.input_ids, self.first_sequence = input_ids, first_sequence
         self.logp = F.log_softmax(logits.float(), dim=-1)
         self.p = self.logp.exp()
         self.ce = next_token_nll(self.logp, input_ids)
@@ -74,15 +79,27 @@ class CleanDistribution:
 
 
 class Downstream:
-    """Sums of CE and KL over counted positions for one SAE."""
+    """Sums of CE and KL over counted positions for one SAE, in total and per sequence block
+    (the sequence of corpus index s in block s mod `interval_blocks`, as in the suite's
+    metrics/blocked.py), so every score gets its delete-one-block jackknife interval."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval_blocks: int = INTERVAL_BLOCKS) -> None:
+        self.n_blocks = interval_blocks
         for name in _STATE:
             setattr(self, name, torch.zeros((), dtype=torch.float64))
+        for name in _STATE:
+            setattr(self, f"{name}_b", torch.zeros(interval_blocks, dtype=torch.float64))
+        self._row_block: torch.Tensor | None = None
 
-    def add_clean(self, ce: torch.Tensor, ce_mask: torch.Tensor) -> None:
+    def add_clean(self, ce: torch.Tensor, ce_mask: torch.Tensor, first_sequence: int) -> None:
+        """The clean CE of a new batch whose row r is the corpus' sequence first_sequence + r
+        (call first, then `add_patched` for its runs)."""
+        rows = ce.shape[0]
+        self._row_block = (torch.arange(rows) + first_sequence) % self.n_blocks
         self.ce_clean += ce[ce_mask].double().sum().cpu()
         self.ce_tokens += ce_mask.sum().cpu()
+        self._add_rows("ce_clean", ce, ce_mask)
+        self._add_rows("ce_tokens", None, ce_mask)
 
     def add_patched(self, which: str, ce: torch.Tensor, kl: torch.Tensor, ce_mask, kl_mask) -> None:
         setattr(
@@ -91,36 +108,66 @@ class Downstream:
         setattr(
             self, f"kl_{which}", getattr(self, f"kl_{which}") + kl[kl_mask].double().sum().cpu()
         )
+        self._add_rows(f"ce_{which}", ce, ce_mask)
+        self._add_rows(f"kl_{which}", kl, kl_mask)
         if which == "sae":
             self.kl_tokens += kl_mask.sum().cpu()
+            self._add_rows("kl_tokens", None, kl_mask)
+
+    def _add_rows(self, name: str, values: torch.Tensor | None, mask: torch.Tensor) -> None:
+        if self._row_block is None:
+            raise ValueError("Downstream: add_clean must come first for each batch")
+        kept = mask.double() if values is None else torch.where(mask, values.double(), 0.0)
+        per_row = kept.sum(1).cpu()
+        getattr(self, f"{name}_b").index_add_(0, self._row_block, per_row)
 
     def merge(self, other: Downstream) -> Downstream:
         for name in _STATE:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+            setattr(self, f"{name}_b", getattr(self, f"{name}_b") + getattr(other, f"{name}_b"))
         return self
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        return {f"{prefix}{n}": getattr(self, n).clone() for n in _STATE}
+        names = (*_STATE, *(f"{n}_b" for n in _STATE))
+        return {f"{prefix}{n}": getattr(self, n).clone() for n in names}
 
     def load_state_dict(self, d: dict[str, torch.Tensor], prefix: str = "") -> None:
-        for n in _STATE:
+        for n in (*_STATE, *(f"{n}_b" for n in _STATE)):
             setattr(self, n, d[f"{prefix}{n}"].double().clone())
 
     def compute(self) -> dict[str, Any]:
-        n_ce, n_kl = float(self.ce_tokens), float(self.kl_tokens)
-        if n_ce == 0 or n_kl == 0:
+        sums = {n: getattr(self, n) for n in _STATE}
+        out = _scores(sums)
+        if out is None:
             return {}
-        ce_clean, ce_sae, ce_abl = (float(getattr(self, f"ce_{w}")) / n_ce
-                                    for w in ("clean", "sae", "ablated"))  # fmt: skip
-        kl_sae, kl_abl = float(self.kl_sae) / n_kl, float(self.kl_ablated) / n_kl
-        gap = ce_abl - ce_clean
-        return {
-            "loss_recovered": (ce_abl - ce_sae) / gap if gap != 0 else None,
-            "ce_clean": ce_clean,
-            "ce_sae": ce_sae,
-            "ce_ablated": ce_abl,
-            "kl_score": (kl_abl - kl_sae) / kl_abl if kl_abl != 0 else None,
-            "kl_sae": kl_sae,
-            "kl_ablated": kl_abl,
-            "downstream_tokens": int(n_ce),
-        }
+        per_block = {n: getattr(self, f"{n}_b") for n in _STATE}
+        left_out = _scores({n: sums[n] - per_block[n] for n in _STATE}, keep_tensors=True)
+        used = per_block["ce_tokens"] > 0
+        intervals = {k: jackknife.interval(out[k], left_out[k], used)
+                     for k in _SCORES if left_out is not None}  # fmt: skip
+        out["downstream_intervals"] = {k: v for k, v in intervals.items() if v is not None}
+        out["downstream_tokens"] = int(self.ce_tokens)
+        return out
+
+
+_SCORES = ("loss_recovered", "ce_clean", "ce_sae", "ce_ablated", "kl_score", "kl_sae",
+           "kl_ablated")  # fmt: skip
+
+
+def _scores(sums: dict[str, torch.Tensor], keep_tensors: bool = False) -> dict[str, Any] | None:
+    """Means and scores from sums; tensors of left-out sums give `[B]` tensors of each."""
+    n_ce, n_kl = sums["ce_tokens"].double(), sums["kl_tokens"].double()
+    if not keep_tensors and (float(n_ce) == 0 or float(n_kl) == 0):
+        return None
+    ce = {w: sums[f"ce_{w}"] / n_ce for w in ("clean", "sae", "ablated")}
+    kl_sae, kl_abl = sums["kl_sae"] / n_kl, sums["kl_ablated"] / n_kl
+    gap = ce["ablated"] - ce["clean"]
+    values = {
+        "loss_recovered": (ce["ablated"] - ce["sae"]) / torch.where(gap != 0, gap, torch.nan),
+        "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_ablated": ce["ablated"],
+        "kl_score": (kl_abl - kl_sae) / torch.where(kl_abl != 0, kl_abl, torch.nan),
+        "kl_sae": kl_sae, "kl_ablated": kl_abl,
+    }  # fmt: skip
+    if keep_tensors:
+        return values
+    return {k: (None if not torch.isfinite(v) else float(v)) for k, v in values.items()}

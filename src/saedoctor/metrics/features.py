@@ -12,18 +12,18 @@ import torch
 
 from saedoctor.metrics._state import check_codes, export, follow_device, restore
 from saedoctor.sae.codes import Codes
+from saedoctor.thresholds import ALWAYS_ON_DENSITY, DEAD_DENSITY, DENSE_DENSITY
 
 _STATE = ("fire_count", "act_sum", "act_sq_sum", "tokens", "nonzero")
 
 
-def positive_entries(codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature ids and values of every activation `> 0` (flat, any order)."""
-    if codes.indices is not None:
-        mask = codes.values > 0
-        return codes.indices[mask], codes.values[mask]
+def positive_entries(codes: Codes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, feature ids and values of every activation `> 0` (flat, any order)."""
     # nonzero() keeps memory at O(n * L0) instead of a float64 copy of the dense codes.
     rows, cols = (codes.values > 0).nonzero(as_tuple=True)
-    return cols, codes.values[rows, cols]
+    if codes.indices is not None:
+        return rows, codes.indices[rows, cols], codes.values[rows, cols]
+    return rows, cols, codes.values[rows, cols]
 
 
 class FeatureStats:
@@ -32,9 +32,9 @@ class FeatureStats:
     def __init__(
         self,
         d_sae: int,
-        always_on_threshold: float = 0.80,
-        dense_threshold: float = 0.10,
-        dead_threshold: float = 0.0005,
+        always_on_threshold: float = ALWAYS_ON_DENSITY,
+        dense_threshold: float = DENSE_DENSITY,
+        dead_threshold: float = DEAD_DENSITY,
     ) -> None:
         if d_sae <= 0:
             raise ValueError(f"d_sae={d_sae}: expected positive")
@@ -54,10 +54,11 @@ class FeatureStats:
         return (self.d_sae, self.always_on_threshold, self.dense_threshold, self.dead_threshold)
 
     @torch.no_grad()
-    def update(self, codes: Codes) -> None:
+    def update(self, codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold one batch; (row, feature id) of every activation > 0."""
         check_codes(codes, self.d_sae)
         follow_device(self, _STATE, codes.values.device)
-        feats, vals = positive_entries(codes)
+        rows, feats, vals = positive_entries(codes)
         self.fire_count += torch.bincount(feats, minlength=self.d_sae)
         vals = vals.double()
         self.act_sum += torch.bincount(feats, weights=vals, minlength=self.d_sae)
@@ -65,6 +66,7 @@ class FeatureStats:
         self.tokens += codes.n_tokens
         # l0 counts f != 0 (SPEC), which differs from "fired" only for negative codes.
         self.nonzero += torch.count_nonzero(codes.values)
+        return rows, feats
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         if other.config != self.config:

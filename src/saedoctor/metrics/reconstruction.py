@@ -16,6 +16,8 @@ equal one pass up to float64 rounding (~1e-15 relative), whatever the mean's siz
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from saedoctor.metrics._state import export, follow_device, restore
@@ -80,6 +82,15 @@ def chan_merge(
     return mean_a + delta * w, m2_a + m2_b + _rowdot(delta, delta) * n_a.double() * w
 
 
+class RowStats(NamedTuple):
+    """One batch's per-row float64 statistics, for the per-block sums of the intervals."""
+
+    bmean: torch.Tensor  # the batch mean [d_in]
+    dev_sq: torch.Tensor  # ‖x − bmean‖²
+    res_sq: torch.Tensor  # ‖x − x̂‖²
+    cos: torch.Tensor  # cos(x, x̂)
+
+
 class Reconstruction:
     """Streaming, mergeable reconstruction metrics over `x [n, d_in]` and `x_hat [n, d_in]`."""
 
@@ -95,14 +106,15 @@ class Reconstruction:
         self.legacy_batches = torch.zeros((), dtype=torch.int64)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> RowStats | None:
+        """Fold one batch; its per-row statistics (None for an empty batch)."""
         if x.dim() != 2 or x.shape[1] != self.d_in or x_hat.shape != x.shape:
             raise ValueError(
                 f"x {tuple(x.shape)} / x_hat {tuple(x_hat.shape)}: expected both [n, {self.d_in}]"
             )
         n = x.shape[0]
         if n == 0:
-            return
+            return None
         follow_device(self, _STATE, x.device)
         blocks = _row_blocks(x)
         bmean = torch.stack([x[b].sum(0, dtype=torch.float64) for b in blocks]).sum(0) / n
@@ -111,11 +123,13 @@ class Reconstruction:
         self.mean, self.m2 = chan_merge(self.tokens, self.mean, self.m2, nb, bmean, dev_sq.sum())
         self.tokens += n
         self.sse += res_sq.sum()
-        self.cos_sum += _cosine(xx, hh, xh).sum()
+        cos = _cosine(xx, hh, xh)
+        self.cos_sum += cos.sum()
         self.ratio_sum += _l2_ratio(xx, hh).sum()
         self.xhat_sq_sum += hh.sum()
         self.dot_sum += xh.sum()
         self._legacy(res_sq, dev_sq)
+        return RowStats(bmean, dev_sq, res_sq, cos)
 
     def _legacy(self, res_sq: torch.Tensor, dev_sq: torch.Tensor) -> None:
         # A token sitting exactly on the batch mean (e.g. a 1-token batch) has no defined

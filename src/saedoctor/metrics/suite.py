@@ -12,15 +12,23 @@ from typing import Any
 import torch
 
 from saedoctor.metrics.absorption import AbsorptionSettings, decoder_absorption
+from saedoctor.metrics.blocked import BlockedStats
 from saedoctor.metrics.diversity import Diversity
 from saedoctor.metrics.features import FeatureStats
 from saedoctor.metrics.finite import NonFinite
 from saedoctor.metrics.histogram import density_histogram
+from saedoctor.metrics.intervals import Thresholds, suite_intervals
 from saedoctor.metrics.reconstruction import Reconstruction
 from saedoctor.sae.codes import Codes
+from saedoctor.thresholds import (
+    ALWAYS_ON_DENSITY,
+    DEAD_DENSITY,
+    DENSE_DENSITY,
+    INTERVAL_BLOCKS,
+)
 
 _CONFIG_KEYS = ("d_in", "d_sae", "always_on_threshold", "dense_threshold", "dead_threshold",
-                "diversity_top", "without_skip")  # fmt: skip
+                "diversity_top", "without_skip", "interval_blocks")  # fmt: skip
 # What `compute` measures from the tokens; all None when no token was seen (every row skipped
 # as non-finite): the caller reports them as not measured rather than as NaN or 0.
 MEASURED_KEYS = ("always_on_count", "dense_count", "dead_count", "dead_pct", "never_fired_count",
@@ -50,14 +58,16 @@ class MetricSuite:
         d_in: int,
         d_sae: int,
         *,
-        always_on_threshold: float = 0.8,
-        dense_threshold: float = 0.1,
-        dead_threshold: float = 0.0005,
+        always_on_threshold: float = ALWAYS_ON_DENSITY,
+        dense_threshold: float = DENSE_DENSITY,
+        dead_threshold: float = DEAD_DENSITY,
         diversity_top: int = 10,
         without_skip: bool = False,
+        interval_blocks: int = INTERVAL_BLOCKS,
     ) -> None:
         """`d_in` is the width of what is reconstructed (a transcoder's output);
-        `without_skip` also measures the reconstruction without a transcoder's skip term."""
+        `without_skip` also measures the reconstruction without a transcoder's skip term;
+        `interval_blocks` sequence blocks give every metric its interval."""
         self.d_in, self.d_sae = d_in, d_sae
         self.features = _SuiteFeatures(d_sae, always_on_threshold, dense_threshold,
                                        dead_threshold)  # fmt: skip
@@ -65,13 +75,14 @@ class MetricSuite:
         self.reconstruction = Reconstruction(d_in)
         self.without_skip = Reconstruction(d_in) if without_skip else None
         self.nonfinite = NonFinite()
+        self.blocked = BlockedStats(d_in, d_sae, interval_blocks)
 
     @property
     def config(self) -> dict[str, float]:
         f = self.features
         values = (self.d_in, self.d_sae, f.always_on_threshold, f.dense_threshold,
                   f.dead_threshold, self.diversity.top,
-                  int(self.without_skip is not None))  # fmt: skip
+                  int(self.without_skip is not None), self.blocked.n_blocks)  # fmt: skip
         return dict(zip(_CONFIG_KEYS, values, strict=True))
 
     @torch.no_grad()
@@ -79,16 +90,24 @@ class MetricSuite:
         self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor,
         x_hat_without_skip: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
-        """Add one batch of counted tokens; each sequence must lie wholly in one batch. `x` is
+        """Add one batch of counted tokens; each sequence must lie wholly in one batch, and
+        `seq_ids` are the sequences' indices in the corpus order (they pick each sequence's
+        interval block: the same sequence, the same block, on any rank). `x` is
         the target (a transcoder's: the MLP output), `x_hat` the dictionary's whole output."""
         self._check(x, x_hat, codes, seq_ids)
         if (self.without_skip is None) != (x_hat_without_skip is None):
             raise ValueError("x_hat_without_skip: give it exactly when the suite measures it")
-        self.reconstruction.update(x, x_hat)
+        blocks = self.blocked
+        row_block = blocks.blocks_of(seq_ids)
+        stats = self.reconstruction.update(x, x_hat)
+        if stats is not None:
+            blocks.update_reconstruction(row_block.to(x.device), x, *stats)
         if self.without_skip is not None:
             self.without_skip.update(x, x_hat_without_skip)
-        self.features.update(codes)
-        self.diversity.update(codes, seq_ids)
+        rows, feats = self.features.update(codes)
+        blocks.update_features(row_block.to(feats.device), codes, rows, feats)
+        sequences, distinct = self.diversity.update(codes, seq_ids)
+        blocks.update_diversity(blocks.blocks_of(sequences).to(distinct.device), distinct)
 
     def _check(
         self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor
@@ -116,6 +135,7 @@ class MetricSuite:
         if self.without_skip is not None:
             self.without_skip.merge(other.without_skip)
         self.nonfinite.merge(other.nonfinite)
+        self.blocked.merge(other.blocked)
         return self
 
     def compute(
@@ -144,6 +164,10 @@ class MetricSuite:
             "mean_activation_when_active": mean_act.tolist(),
         }
         out.update(self._absorption(W_dec, density, absorption or AbsorptionSettings()))
+        f = self.features
+        thresholds = Thresholds(f.always_on_threshold, f.dense_threshold, f.dead_threshold)
+        out.update(suite_intervals(self.blocked, out, thresholds,
+                                   f"diversity_top{self.diversity.top}"))  # fmt: skip
         return out
 
     def _without_skip(self) -> dict[str, Any]:
@@ -164,7 +188,8 @@ class MetricSuite:
         return {**dict.fromkeys(self.measured_keys()), "always_on_features": [], "tokens_seen": 0,
                 "sequences_seen": 0, "density": [], "density_histogram": density_histogram(empty),
                 "mean_activation_when_active": [], "absorption_method": None,
-                "absorption_features": 0}  # fmt: skip
+                "absorption_features": 0, "intervals": {}, "uncertain_features": None,
+                "interval_method": None, "density_interval_method": None}  # fmt: skip
 
     def _absorption(self, W_dec: torch.Tensor | None, density: torch.Tensor,
                     settings: AbsorptionSettings) -> dict[str, Any]:  # fmt: skip
@@ -186,6 +211,7 @@ class MetricSuite:
         if self.without_skip is not None:
             d |= self.without_skip.state_dict("without_skip.")
         d |= self.nonfinite.state_dict("nonfinite.")
+        d |= self.blocked.state_dict("blocked.")
         return d
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
@@ -200,6 +226,7 @@ class MetricSuite:
         if self.without_skip is not None:
             self.without_skip.load_state_dict(d, "without_skip.")
         self.nonfinite.load_state_dict(d, "nonfinite.")
+        self.blocked.load_state_dict(d, "blocked.")
 
 
 def _config_tensor(v: float) -> torch.Tensor:

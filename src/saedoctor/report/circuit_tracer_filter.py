@@ -17,6 +17,7 @@ import torch
 from saedoctor.errors import InputError
 from saedoctor.report.always_on import always_on_features
 from saedoctor.report.filter import FILTER_SCHEMA, model_of
+from saedoctor.thresholds import ALWAYS_ON_DENSITY
 
 MASK_TENSOR = "exclude"
 
@@ -73,7 +74,7 @@ def circuit_tracer_exclusions(document: dict[str, Any], source: str) -> Exclusio
         layers[layer] = [f.as_json() for f in always_on_features(entry)]
     n_layers = _n_layers(document, max(layers) + 1)
     layers = {layer: layers.get(layer, []) for layer in range(n_layers)}
-    threshold = (document["run"].get("options") or {}).get("always_on_threshold", 0.8)
+    threshold = (document["run"].get("options") or {}).get("always_on_threshold", ALWAYS_ON_DENSITY)
     return Exclusions(model_of(document), threshold, n_layers, widths.pop(), layers)
 
 

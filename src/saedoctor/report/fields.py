@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from saedoctor.metrics.registry import GRADED as REGISTERED_GRADED
+from saedoctor.metrics.registry import METRICS
+
 STATUSES = ("excellent", "good", "warning", "critical")
 NOT_MEASURED = "not measured"
 # The guide's order of importance: always-on first, it is "the #1 problem".
-GRADED = ("always_on_count", "diversity_top10", "loss_recovered", "l0", "dead_pct", "absorption")
+GRADED = REGISTERED_GRADED
 
 
 class Row(NamedTuple):
@@ -17,34 +20,8 @@ class Row(NamedTuple):
     fmt: str  # "int", "count", "f2", "f4", "g4", "pct", "ids"
 
 
-# Order follows the guide's list of metrics; reconstruction detail after its headline.
-ROWS: tuple[Row, ...] = (
-    Row("always_on_count", "always-on features", "int"),
-    Row("always_on_features", "always-on ids", "ids"),
-    Row("diversity_top10", "diversity (top-10)", "f2"),
-    Row("loss_recovered", "loss recovered", "f4"),
-    Row("variance_explained", "variance explained", "f4"),
-    Row("variance_explained_legacy", "variance explained (legacy)", "f4"),
-    Row("fvu", "FVU", "f4"),
-    Row("ce_clean", "CE clean", "f4"),
-    Row("ce_sae", "CE with SAE", "f4"),
-    Row("ce_ablated", "CE zero-ablated", "f4"),
-    Row("kl_score", "KL score", "f4"),
-    Row("error_share", "error share ‖x−x̂‖²/‖x‖²", "f4"),
-    Row("variance_explained_without_skip", "variance explained, no skip", "f4"),
-    Row("mse", "MSE", "g4"),
-    Row("cossim", "cosine(x, x̂)", "f4"),
-    Row("l2_ratio", "‖x̂‖/‖x‖", "f4"),
-    Row("relative_reconstruction_bias", "relative recon. bias", "f4"),
-    Row("l0", "L0", "f2"),
-    Row("dead_pct", "dead %", "pct"),
-    Row("dead_count", "dead", "int"),
-    Row("never_fired_count", "never fired", "int"),
-    Row("dense_count", "dense (>10%)", "int"),
-    Row("absorption", "absorption (max dec. cos)", "f4"),
-    Row("first_letter_absorption", "first-letter absorption (lower is better)", "f4"),
-    Row("tokens_seen", "tokens seen", "count"),
-)
+# One row per registered metric, in the registry's order (metrics/registry.py).
+ROWS: tuple[Row, ...] = tuple(Row(m.key, m.label, m.fmt) for m in METRICS)
 LABELS = {row.key: row.label for row in ROWS}
 FORMATS = {row.key: row.fmt for row in ROWS}
 

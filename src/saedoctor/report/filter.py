@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from saedoctor.report.always_on import always_on_features
+from saedoctor.thresholds import ALWAYS_ON_DENSITY
 
 FILTER_SCHEMA = "saedoctor.filter/2"
 
@@ -35,7 +36,7 @@ def always_on_filter(document: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": FILTER_SCHEMA,
         "model": model_of(document),
-        "threshold": (run.get("options") or {}).get("always_on_threshold", 0.8),
+        "threshold": (run.get("options") or {}).get("always_on_threshold", ALWAYS_ON_DENSITY),
         "always_on": always_on,
     }
 

@@ -12,8 +12,9 @@ from plotly.subplots import make_subplots
 
 from saedoctor.report.bands import band_set, display_range, regions, to_axis
 from saedoctor.report.fields import GRADED, LABELS, STATUSES, format_metric, headline_reconstruction
+from saedoctor.thresholds import ALWAYS_ON_DENSITY, DEAD_DENSITY
 
-DEAD_THRESHOLD = 0.0005  # SPEC §2: dead = density < 0.05 %
+DEAD_THRESHOLD = DEAD_DENSITY  # SPEC §2: dead = density < 0.05 %
 COLOURS = {"excellent": "#2e9e44", "good": "#1798b0", "warning": "#e69b00",
            "critical": "#d43f3a", "not measured": "#9aa0a6"}
 TINTS = {"excellent": "#cdebd4", "good": "#cbeaf2", "warning": "#fbe6bd", "critical": "#f5cfcd"}
@@ -28,7 +29,7 @@ def density_histogram_figure(entry: dict[str, Any], run: dict[str, Any]) -> go.F
     widths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
     never_x = edges[0] - 1.0
     options = run.get("options") or {}
-    always_on = options.get("always_on_threshold") or 0.8
+    always_on = options.get("always_on_threshold") or ALWAYS_ON_DENSITY
     dead = options.get("dead_threshold") or DEAD_THRESHOLD
     fig = go.Figure()
     fig.add_bar(x=centers, y=counts, width=widths, name="features", marker_color="#4c78a8",
@@ -89,6 +90,7 @@ def bands_figure(document: dict[str, Any], entry: dict[str, Any]) -> go.Figure:
             fig.add_trace(go.Bar(x=[b - a], base=[a], y=[label], orientation="h", width=0.8,
                                  marker_color=TINTS[band], marker_line_width=0, showlegend=False,
                                  hovertemplate=f"{band}<extra></extra>"), row=i, col=1)
+        add_error_bar(fig, i, key, label, value_interval(entry, key))
         add_marker(fig, i, key, label, value, status, lo)
         fig.update_xaxes(range=[lo, hi], row=i, col=1, showgrid=False)
         if key == "always_on_count":  # a count: integer ticks only
@@ -111,6 +113,28 @@ def bands_figure(document: dict[str, Any], entry: dict[str, Any]) -> go.Figure:
                       legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1,
                               "xanchor": "right"})
     return fig
+
+
+def value_interval(entry: dict[str, Any], key: str) -> list[float] | None:
+    """The graded value's interval (the grader's, else the entry's own)."""
+    info = ((entry.get("grading") or {}).get("statuses") or {}).get(key) or {}
+    if info.get("interval"):
+        return info["interval"]
+    return ((entry.get("intervals") or {}).get("metrics") or {}).get(key)
+
+
+def add_error_bar(fig: go.Figure, row: int, key: str, label: str,
+                  interval: list[float] | None) -> None:  # fmt: skip
+    """The 95 % interval as a whisker behind the value's diamond."""
+    if not interval:
+        return
+    xs = [to_axis(key, v) if key != "l0" or v > 0 else to_axis(key, 0.5) for v in interval]
+    text = " – ".join(format_metric(key, v) for v in interval)
+    fig.add_trace(go.Scatter(
+        x=xs, y=[label, label], mode="lines+markers", showlegend=False, cliponaxis=False,
+        line={"color": "#222222", "width": 2}, marker={"symbol": "line-ns-open", "size": 12},
+        hovertemplate=f"{label}: interval {text}<extra></extra>",
+    ), row=row, col=1)
 
 
 def add_marker(fig: go.Figure, row: int, key: str, label: str, value: float | None,

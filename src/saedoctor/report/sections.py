@@ -16,6 +16,7 @@ from saedoctor.report.fields import (
     status_by_metric,
     statuses,
 )
+from saedoctor.thresholds import INTERVAL_LEVEL
 
 
 @dataclass
@@ -60,21 +61,49 @@ def metric_table(entry: dict[str, Any]) -> Table:
     by_metric = status_by_metric(entry)
     graded_as = {info.get("source"): key for key, info in statuses(entry).items()
                  if info.get("source") and info.get("source") != key}
-    table = Table(["metric", "value", "status", "note"])
+    intervals = (entry.get("intervals") or {}).get("metrics") or {}
+    level = (entry.get("intervals") or {}).get("level", INTERVAL_LEVEL)
+    # A report written before intervals (or from published figures) keeps its four columns.
+    shown = [f"{level:.0%} interval"] if intervals else []
+    table = Table(["metric", "value", *shown, "status", "note"])
     for row in ROWS:
         if row.key not in metrics and row.key not in not_measured:
             continue
         value = metrics.get(row.key)
         if value is None and row.key in not_measured:
             table.rows.append([Cell(row.label), Cell(NOT_MEASURED, NOT_MEASURED),
-                               Cell(NOT_MEASURED, NOT_MEASURED), Cell(not_measured[row.key])])
+                               *[Cell("") for _ in shown], Cell(NOT_MEASURED, NOT_MEASURED),
+                               Cell(not_measured[row.key])])  # fmt: skip
             continue
         status = by_metric.get(row.key)
         note = f"graded as {LABELS.get(graded_as[row.key], graded_as[row.key])}" \
             if row.key in graded_as else ""
+        interval = [Cell(interval_text(intervals.get(row.key), row.fmt)) for _ in shown]
         table.rows.append([Cell(row.label), Cell(format_value(value, row.fmt), status),
-                           Cell(status or "", status), Cell(note)])
+                           *interval, Cell(status_text(entry, row.key, status), status),
+                           Cell(note)])  # fmt: skip
+    method = (entry.get("intervals") or {}).get("method")
+    if method:
+        table.note = f"intervals: {method}"
     return table
+
+
+def interval_text(interval: list[float] | None, fmt: str) -> str:
+    """'0.9101–0.9145', or '' when the metric has none."""
+    if not interval:
+        return ""
+    low, high = (format_value(v, fmt) for v in interval)
+    return low if low == high else f"{low}–{high}"
+
+
+def status_text(entry: dict[str, Any], key: str, status: str | None) -> str:
+    """'good', or 'good, interval reaches warning' when the interval crosses a band edge."""
+    if not status:
+        return ""
+    graded = next((info for info in statuses(entry).values()
+                   if (info.get("source") or "") == key), {})  # fmt: skip
+    reaches = graded.get("reaches") or []
+    return f"{status}, interval reaches {' / '.join(reaches)}" if reaches else status
 
 
 def nonfinite_warning(entry: dict[str, Any]) -> str | None:

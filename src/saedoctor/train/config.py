@@ -46,6 +46,7 @@ from saedoctor.limits import (
 from saedoctor.options import option
 from saedoctor.sae.arch import TOPK_ARCHITECTURES, TRAINABLE_ARCHITECTURES
 from saedoctor.sae.site import SITE_KINDS
+from saedoctor.thresholds import ALWAYS_ON_DENSITY
 
 ARCHITECTURES = TRAINABLE_ARCHITECTURES
 KINDS = ("sae", "transcoder", "clt")
@@ -122,7 +123,8 @@ class TrainConfig:
     monitor_every: int | None = option(
         None, help="steps between health reports", shown_default="a 40k-token window")
     always_on_threshold: float = option(
-        0.8, cli=False, help="density above which the monitor calls a latent always-on")
+        ALWAYS_ON_DENSITY, cli=False,
+        help="density above which the monitor calls a latent always-on")
     checkpoint_every: int = option(500, help="steps; 0: on Ctrl-C / SIGTERM only")
     checkpoint_minutes: float = option(
         10.0, cli=False, help="also checkpoint after this much wall time; 0: off")

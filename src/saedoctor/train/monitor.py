@@ -29,8 +29,8 @@ from saedoctor.errors import InputError
 from saedoctor.metrics.features import FeatureStats
 from saedoctor.metrics.reconstruction import Reconstruction
 from saedoctor.sae.codes import Codes
+from saedoctor.thresholds import ALWAYS_ON_DENSITY, DEAD_DENSITY
 
-DEAD_DENSITY = 0.0005
 MIN_EXPECTED_FIRINGS = 20  # as the dead-features rule: below this a window is too short
 MIN_WINDOW_TOKENS = int(MIN_EXPECTED_FIRINGS / DEAD_DENSITY)  # 40 000
 MAX_IDS = 8
@@ -105,7 +105,8 @@ class _Window:
 class HealthMonitor:
     """Window statistics per SAE, reports every `every` steps, warnings, loggers."""
 
-    def __init__(self, saes: dict[str, tuple[int, int]], every: int, *, always_on: float = 0.8,
+    def __init__(self, saes: dict[str, tuple[int, int]], every: int, *,
+                 always_on: float = ALWAYS_ON_DENSITY,
                  policy: Any = None, console: Console | None = None, live: bool = False,
                  quiet: bool = False, loggers: list[MetricLogger] | None = None) -> None:
         from saedoctor.health import load_policy

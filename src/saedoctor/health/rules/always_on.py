@@ -9,6 +9,7 @@ from saedoctor.health.fmt import ids, num, pct, plural
 from saedoctor.health.training import numeric_old, old_value, prescribe, tidy
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
 from saedoctor.health.values import as_number
+from saedoctor.thresholds import ALWAYS_ON_DENSITY
 
 # |cos(W_dec[i], mean(x))| above this: the latent is the mean activation, not a feature.
 BIAS_COSINE = 0.9
@@ -49,7 +50,8 @@ def _partner(explanation: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _evidence(entry: dict[str, Any], ctx: Context, count: int, explained: list[dict]) -> list[str]:
-    threshold = as_number((ctx.run.get("options") or {}).get("always_on_threshold")) or 0.8
+    options = ctx.run.get("options") or {}
+    threshold = as_number(options.get("always_on_threshold")) or ALWAYS_ON_DENSITY
     features = (entry.get("metrics") or {}).get("always_on_features") or []
     verb = "fires" if count == 1 else "fire"
     head = f"{plural(count, 'feature')} {verb} on more than {pct(threshold, 0)} of tokens"

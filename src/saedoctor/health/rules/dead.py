@@ -11,8 +11,8 @@ from saedoctor.health.rules.common import double_tokens, halve_expansion, may_sh
 from saedoctor.health.training import architecture, is_topk, numeric_old, prescribe
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
 from saedoctor.health.values import metric_value
+from saedoctor.thresholds import DEAD_DENSITY
 
-DEAD_DENSITY = 0.0005  # SPEC §2: dead = fires on fewer than 0.05 % of tokens
 # A latent exactly at the threshold should fire this many times before "never saw it" means
 # "dead" rather than "rare": below it, Poisson noise alone makes live latents look dead.
 MIN_EXPECTED_FIRINGS = 20
