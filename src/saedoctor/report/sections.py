@@ -78,14 +78,22 @@ def metric_table(entry: dict[str, Any]) -> Table:
         status = by_metric.get(row.key)
         note = f"graded as {LABELS.get(graded_as[row.key], graded_as[row.key])}" \
             if row.key in graded_as else ""
-        interval = [Cell(interval_text(intervals.get(row.key), row.fmt)) for _ in shown]
+        interval = [Cell(interval_text(intervals.get(row.key), row.fmt)
+                         + reach_text(entry, row.key)) for _ in shown]  # fmt: skip
         table.rows.append([Cell(row.label), Cell(format_value(value, row.fmt), status),
-                           *interval, Cell(status_text(entry, row.key, status), status),
-                           Cell(note)])  # fmt: skip
+                           *interval, Cell(status or "", status), Cell(note)])
     method = (entry.get("intervals") or {}).get("method")
     if method:
         table.note = f"intervals: {method}"
+        _drop_empty_last_column(table)  # room for the intervals on an 80-column terminal
     return table
+
+
+def _drop_empty_last_column(table: Table) -> None:
+    if all(not row[-1].text for row in table.rows):
+        table.headers.pop()
+        for row in table.rows:
+            row.pop()
 
 
 def interval_text(interval: list[float] | None, fmt: str) -> str:
@@ -96,14 +104,13 @@ def interval_text(interval: list[float] | None, fmt: str) -> str:
     return low if low == high else f"{low}–{high}"
 
 
-def status_text(entry: dict[str, Any], key: str, status: str | None) -> str:
-    """'good', or 'good, interval reaches warning' when the interval crosses a band edge."""
-    if not status:
-        return ""
+def reach_text(entry: dict[str, Any], key: str) -> str:
+    """', reaches warning' when the graded interval crosses a band edge: the status beside it
+    is then a verdict to hold loosely ("good, interval reaches warning")."""
     graded = next((info for info in statuses(entry).values()
                    if (info.get("source") or "") == key), {})  # fmt: skip
     reaches = graded.get("reaches") or []
-    return f"{status}, interval reaches {' / '.join(reaches)}" if reaches else status
+    return f", reaches {' / '.join(reaches)}" if reaches else ""
 
 
 def nonfinite_warning(entry: dict[str, Any]) -> str | None:
