@@ -28,7 +28,8 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     histogram = metrics.pop("density_histogram")
     mean_activation = metrics.pop("mean_activation_when_active")
     downstream = unit.downstream.compute()
-    intervals = intervals_entry(metrics, downstream.pop("downstream_intervals", {}))
+    intervals = intervals_entry(metrics, downstream.pop("downstream_intervals", {}),
+                                downstream.pop("downstream_blocks", None))  # fmt: skip
     metrics.update(downstream)
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:
@@ -66,17 +67,21 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     }
 
 
-def intervals_entry(metrics: dict[str, Any], downstream: dict[str, list[float]]) -> dict[str, Any]:
+def intervals_entry(metrics: dict[str, Any], downstream: dict[str, list[float]],
+                    downstream_blocks: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """The entry's `intervals` block, taken out of the suite's `metrics`: each metric's 95 %
-    interval, how they were made, and the features whose density could be either side of a
-    threshold."""
+    interval, how they were made, each metric's leave-one-block-out values (for paired
+    tests), and the features whose density could be either side of a threshold."""
     values = {**(metrics.pop("intervals", None) or {}), **downstream}
+    blocks = metrics.pop("interval_blocks", None)
     return {
         "level": INTERVAL_LEVEL,
         "method": metrics.pop("interval_method", None),
         "density_method": metrics.pop("density_interval_method", None),
         "metrics": {k: v for k, v in values.items() if k in metrics or k in downstream},
         "uncertain_features": metrics.pop("uncertain_features", None),
+        "blocks": blocks,
+        "downstream_blocks": downstream_blocks,
     }
 
 

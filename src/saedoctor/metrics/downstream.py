@@ -146,6 +146,12 @@ class Downstream:
         intervals = {k: jackknife.interval(out[k], left_out[k], used)
                      for k in _SCORES if left_out is not None}  # fmt: skip
         out["downstream_intervals"] = {k: v for k, v in intervals.items() if v is not None}
+        out["downstream_blocks"] = {
+            "tokens": per_block["ce_tokens"].long().tolist(),
+            "left_out": {k: [float(v) if ok and torch.isfinite(v) else None
+                             for v, ok in zip(left_out[k], used.tolist(), strict=True)]
+                         for k in out["downstream_intervals"]},
+        }  # fmt: skip
         out["downstream_tokens"] = int(self.ce_tokens)
         return out
 

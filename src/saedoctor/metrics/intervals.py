@@ -66,14 +66,25 @@ def suite_intervals(b: BlockedStats, values: dict[str, Any], th: Thresholds,
     out = {key: jackknife.interval(values.get(key), series, used)
            for key, series in left_out.items()}  # fmt: skip
     out[diversity_key] = jackknife.interval(values.get(diversity_key), div, seq_used)
+    blocks = block_values({**left_out, diversity_key: div}, out, used)
     density = density_bounds(b, used)
     counts, uncertain = count_intervals(density, th, b.d_sae)
     out.update(counts)
     return {"intervals": {k: v for k, v in out.items() if v is not None},
+            "interval_blocks": {"tokens": b.tokens.tolist(), "left_out": blocks},
             "uncertain_features": uncertain,
             "interval_method": jackknife.method_text(int(used.sum())),
             "density_interval_method": jackknife.DENSITY_METHOD.format(
                 level=jackknife.INTERVAL_LEVEL)}  # fmt: skip
+
+
+def block_values(left_out: dict[str, torch.Tensor], intervals: dict[str, Any],
+                 used: torch.Tensor) -> dict[str, list[float | None]]:  # fmt: skip
+    """Each metric's leave-one-block-out values (null for an empty block), for paired tests
+    between two reports on the same tokens (report/significance.py)."""
+    return {key: [float(v) if ok and torch.isfinite(v) else None
+                  for v, ok in zip(series.double().cpu(), used.tolist(), strict=True)]
+            for key, series in left_out.items() if intervals.get(key) is not None}
 
 
 def density_bounds(b: BlockedStats, used: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,7 @@ class MetricSuite:
                 "sequences_seen": 0, "density": [], "density_histogram": density_histogram(empty),
                 "mean_activation_when_active": [], "absorption_method": None,
                 "absorption_features": 0, "intervals": {}, "uncertain_features": None,
+                "interval_blocks": None,
                 "interval_method": None, "density_interval_method": None}  # fmt: skip
 
     def _absorption(self, W_dec: torch.Tensor | None, density: torch.Tensor,

@@ -15,6 +15,7 @@ from saedoctor.report.compare_tables import (
     model_blocks,
     model_table,
     side_by_side_table,
+    significance_table,
 )
 from saedoctor.report.html import Plots, html_table, page, status_class
 from saedoctor.report.markdown import md_escape, md_table
@@ -35,6 +36,8 @@ def compare_terminal(comparison: dict[str, Any], console: Console | None = None)
     for block in model_blocks(comparison):
         terminal_block(console, block)
     show(console, side_by_side_table(comparison), "SAEs side by side")
+    if (tests := significance_table(comparison)) is not None:
+        show(console, tests, "is B different from A?")
     show(console, layer_table(comparison), "layer-by-layer summary")
     show(console, model_table(comparison), "model vs model")
 
@@ -57,6 +60,8 @@ def compare_markdown(comparison: dict[str, Any]) -> str:
         out += [f"- **{md_escape(label)}**: {md_escape(text)}" for label, text in block.lines]
     out += ["", "## SAEs side by side", "",
             md_table(side_by_side_table(comparison), annotate=True),
+            *(["", "## Is B different from A?", "", md_table(tests)]
+              if (tests := significance_table(comparison)) is not None else []),
             "", "## Layer-by-layer summary", "", md_table(layer_table(comparison)),
             "", "## Model vs model", "", md_table(model_table(comparison))]
     return "\n".join(out) + "\n"
@@ -80,6 +85,8 @@ def compare_html(comparison: dict[str, Any]) -> str:
             f'<ul class="run">{sources}</ul>{notes}</header>'
             "<h2>Model verdicts</h2>" + "".join(html_block(b) for b in model_blocks(comparison))
             + "<h2>SAEs side by side</h2>" + html_table(side_by_side_table(comparison))
+            + ("<h2>Is B different from A?</h2>" + html_table(tests)
+               if (tests := significance_table(comparison)) is not None else "")
             + "<h2>Layer-by-layer summary</h2>" + html_table(layer_table(comparison))
             + (figs.div(sweep, "sweep") if sweep else "")
             + "<h2>Model vs model</h2>" + html_table(model_table(comparison)))

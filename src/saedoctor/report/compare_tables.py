@@ -6,8 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saedoctor.health.model_verdict import VERDICT_MARK, VERDICT_STATUS
-from saedoctor.report.fields import NOT_MEASURED, ROWS, format_value, grade_status
+from saedoctor.report.fields import (
+    LABELS,
+    NOT_MEASURED,
+    ROWS,
+    format_metric,
+    format_value,
+    grade_status,
+)
 from saedoctor.report.sections import Cell, Table, percent
+from saedoctor.report.significance import short_verdict
 
 VE_NOTE = "(VE): variance explained, shown where no language model measured loss recovered"
 
@@ -156,3 +164,25 @@ def range_text(span: list[float] | None, fmt: str) -> str:
         return NOT_MEASURED
     low, high = (format_value(v, fmt) for v in span)
     return low if low == high else f"{low}–{high}"
+
+
+def significance_table(comparison: dict[str, Any]) -> Table | None:
+    """B against A per metric: the difference, its 95 % interval, and the verdict."""
+    pairs = comparison.get("significance") or []
+    if not pairs:
+        return None
+    table = Table(["A", "B", "metric", "Δ (B − A)", "95% CI", "verdict"])
+    for pair in pairs:
+        for d in pair["differences"]:
+            key = d["metric"]
+            ci = ("–" if d["low"] is None else
+                  f"{format_metric(key, d['low'])} to {format_metric(key, d['high'])}")
+            table.rows.append([Cell(pair["a"]), Cell(pair["b"]),
+                               Cell(LABELS.get(d["metric"], d["metric"])),
+                               Cell(format_metric(d["metric"], d["delta"])), Cell(ci),
+                               Cell(short_verdict(d))])  # fmt: skip
+    kinds = {("paired over the same sequence blocks" if p["paired"]
+              else "independent (different tokens)") for p in pairs}  # fmt: skip
+    table.note = ("tests: " + "; ".join(sorted(kinds)) + "; counts of thresholded densities "
+                  "(always-on, dense, dead) by their density-implied intervals, as independent")
+    return table

@@ -22,6 +22,7 @@ from saedoctor.report.fields import (
     status_by_metric,
     statuses,
 )
+from saedoctor.report.significance import compare_entries
 
 COMPARE_SCHEMA = "saedoctor.compare/1"
 SEVERITY = {"critical": 0, "warning": 1, "good": 2}
@@ -43,14 +44,47 @@ def compare_reports(
     saes = [sae_summary(doc, entry, src)
             for doc, src in zip(documents, sources, strict=True) for entry in doc["saes"]]
     disambiguate(saes)
+    runs = [(doc["run"], entry) for doc in documents for entry in doc["saes"]]
     return {
         "schema": COMPARE_SCHEMA,
         "sources": list(sources),
         "notes": run_notes(documents, sources),
         "saes": saes,
+        "significance": significance(runs, [s["label"] for s in saes]),
         "layer_table": layer_rows(saes),
         "models": model_rows(saes),
     }
+
+
+def significance(runs: list[tuple[dict[str, Any], dict[str, Any]]],
+                 labels: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Every SAE against the first: a test per metric (report/significance.py), paired when
+    both were measured on the same tokens."""
+    if len(runs) < 2:
+        return []
+    (run_a, a), name_a = runs[0], labels[0]
+    out = []
+    for (run_b, b), name_b in zip(runs[1:], labels[1:], strict=True):
+        same = same_tokens(run_a, run_b)
+        rows = compare_entries(a, b, name_a, name_b, same_tokens=same)
+        out.append({"a": name_a, "b": name_b, "paired": same and any(r.paired for r in rows),
+                    "differences": [r.as_json() for r in rows]})  # fmt: skip
+    return out
+
+
+# The data options that decide which tokens a run measured (and so its sequence blocks).
+_TOKEN_OPTIONS = ("corpus", "tokens", "context", "batch_size", "seed", "include_special",
+                  "text_field", "activations")  # fmt: skip
+
+
+def same_tokens(run_a: dict[str, Any], run_b: dict[str, Any]) -> bool:
+    """Whether two runs measured the same tokens: same model, corpus, counted tokens and data
+    options (two SAEs of one run always have)."""
+    oa, ob = run_a.get("options") or {}, run_b.get("options") or {}
+    return (run_a.get("corpus") == run_b.get("corpus")
+            and run_a.get("tokens_counted") == run_b.get("tokens_counted")
+            and (run_a.get("model") or {}).get("name") == (run_b.get("model") or {}).get("name")
+            and all(oa.get(k) == ob.get(k) for k in _TOKEN_OPTIONS))  # fmt: skip
 
 
 def run_notes(documents: list[dict[str, Any]], sources: list[str]) -> list[dict[str, Any]]:
