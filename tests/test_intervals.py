@@ -214,3 +214,47 @@ def jackknife_density_bounds(suite: MetricSuite) -> torch.Tensor:
     from saedoctor.metrics.intervals import density_bounds
 
     return density_bounds(suite.blocked, suite.blocked.tokens > 0)
+
+
+# -- the density shift between two corpora ---------------------------------------------------
+def firing_blocks(rates: torch.Tensor, blocks: int, tokens: int, seed: int):
+    """Invented per-block firing counts of features with the given densities."""
+    g = torch.Generator().manual_seed(seed)
+    fires = torch.binomial(torch.full((blocks, rates.numel()), float(tokens)),
+                           rates.expand(blocks, -1).contiguous(), generator=g)  # fmt: skip
+    return fires.long(), torch.full((blocks,), tokens)
+
+
+def test_jsd_interval_is_the_two_sample_jackknife() -> None:
+    from saedoctor.metrics.density_shift import jensen_shannon_bits, jsd_interval
+
+    rates = torch.linspace(0.001, 0.2, 50)
+    fa, ta = firing_blocks(rates, 8, 500, 0)
+    fb, tb = firing_blocks(rates.flip(0), 8, 500, 1)
+    jsd = jensen_shannon_bits(fa.sum(0), fb.sum(0))
+    low, high = jsd_interval(fa, ta, fb, tb, jsd)
+    ta_, tb_ = fa.sum(0).double(), fb.sum(0).double()
+    la = np.array([jensen_shannon_bits(ta_ - fa[i], tb_) for i in range(8)])
+    lb = np.array([jensen_shannon_bits(tb_ - fb[i], ta_) for i in range(8)])
+    var = sum(7 / 8 * ((v - v.mean()) ** 2).sum() for v in (la, lb))
+    z = stats.norm.ppf(0.975)
+    assert low == pytest.approx(jsd - z * math.sqrt(var), rel=1e-9)
+    assert high == pytest.approx(jsd + z * math.sqrt(var), rel=1e-9)
+
+
+def mismatch_entry(jsd: float, interval: list[float] | None) -> dict:
+    comparison = {"corpus": "b", "density_jsd": jsd, "density_jsd_interval": interval,
+                  "appeared": [], "disappeared": [], "deltas": {}, "metrics": {}}  # fmt: skip
+    return {"metrics": {}, "corpus_comparison": comparison, "config": {}}
+
+
+def test_the_mismatch_rule_fires_on_a_significant_shift_not_on_a_point_estimate() -> None:
+    from saedoctor.health.rules.mismatch import data_mismatch
+    from saedoctor.health.types import Context
+
+    ctx = Context(policy=None, run={"corpus": "a"}, grading={"grade": "good"})
+    # Invented values: a point estimate past 0.1 whose interval reaches below it ...
+    assert data_mismatch(mismatch_entry(0.111, [0.085, 0.137]), ctx) is None
+    # ... and one whose whole interval is above it.
+    found = data_mismatch(mismatch_entry(0.31, [0.28, 0.34]), ctx)
+    assert found is not None and "interval 0.280–0.340" in found["evidence"][0]

@@ -199,24 +199,34 @@ def compare_on_model(passes: ModelPass, units: list[SAEUnderTest]) -> dict[str, 
 def corpus_comparison(
     main: SAEUnderTest, other: SAEUnderTest, corpus: str, counted: int
 ) -> dict[str, Any]:
-    from saedoctor.metrics.density_shift import density_shift
+    from saedoctor.metrics.density_shift import density_shift, jsd_interval
+    from saedoctor.metrics.jackknife import independent_difference
 
     # Absorption is a property of the decoder, not of the corpus: not recomputed here.
     a, b = main.suite.compute(), other.suite.compute()
     dead = main.suite.features.dead_threshold
     shift = density_shift(torch.tensor(a["density"]), torch.tensor(b["density"]), dead)
+    ba, bb = main.suite.blocked, other.suite.blocked
+    shift["density_jsd_interval"] = jsd_interval(ba.fires.cpu(), ba.tokens.cpu(),
+                                                 bb.fires.cpu(), bb.tokens.cpu(),
+                                                 shift["density_jsd"])  # fmt: skip
     metrics = {k: v for k, v in b.items() if k not in _BULKY}
     deltas = {
         k: v - a[k]
         for k, v in metrics.items()
         if isinstance(v, int | float) and isinstance(a.get(k), int | float)
     }
+    ia, ib = a.get("intervals") or {}, b.get("intervals") or {}
+    delta_intervals = {k: independent_difference(a[k], ia[k], metrics[k], ib[k])
+                       for k in deltas if k in ia and k in ib}  # fmt: skip
     return {"corpus": corpus, "tokens_counted": counted, "metrics": metrics, "deltas": deltas,
-            **shift}  # fmt: skip
+            "delta_intervals": delta_intervals, **shift}  # fmt: skip
 
 
 _BULKY = ("density", "density_histogram", "mean_activation_when_active", "absorption",
-          "absorption_method", "absorption_features", "absorption_reason")  # fmt: skip
+          "absorption_method", "absorption_features", "absorption_reason", "intervals",
+          "interval_blocks", "uncertain_features", "interval_method",
+          "density_interval_method")  # fmt: skip
 
 
 # -- cached activations --------------------------------------------------------------------

@@ -31,3 +31,21 @@ def density_shift(a: torch.Tensor, b: torch.Tensor, dead_threshold: float) -> di
         "top_increases": ratio.topk(min(10, ratio.numel())).indices.tolist(),
         "top_decreases": ratio.topk(min(10, ratio.numel()), largest=False).indices.tolist(),
     }
+
+
+def jsd_interval(fires_a: torch.Tensor, tokens_a: torch.Tensor, fires_b: torch.Tensor,
+                 tokens_b: torch.Tensor, estimate: float) -> list[float] | None:
+    """95 % interval of the density JSD between two corpora from their per-block firing
+    counts `[B, d_sae]` and token counts `[B]`: each corpus's blocks left out in turn with the
+    other corpus whole; the two jackknife variances add (metrics/jackknife.py)."""
+    from saedoctor.metrics.jackknife import two_sample_interval
+
+    total_a, total_b = fires_a.sum(0).double(), fires_b.sum(0).double()
+
+    def left_out(fires: torch.Tensor, total: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([jensen_shannon_bits(total - fires[i], other)
+                             for i in range(fires.shape[0])], dtype=torch.float64)  # fmt: skip
+
+    return two_sample_interval(estimate, left_out(fires_a.double(), total_a, total_b),
+                               tokens_a > 0, left_out(fires_b.double(), total_b, total_a),
+                               tokens_b > 0)  # fmt: skip

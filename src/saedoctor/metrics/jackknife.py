@@ -67,3 +67,25 @@ def density_intervals(counts: torch.Tensor, tokens: int, se: torch.Tensor) -> to
     centre = (p + z * z / (2 * n_eff)) / denom
     half = z * torch.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / denom
     return torch.stack(((centre - half).clamp(min=0.0), (centre + half).clamp(max=1.0)), 1)
+
+
+def independent_difference(va: float, ra: list[float], vb: float,
+                           rb: list[float]) -> list[float]:  # fmt: skip
+    """Interval of `vb − va` from two independent intervals (normal approximation: each
+    half-width over z is a standard error, and the variances add)."""
+    z = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
+    se = math.hypot((ra[1] - ra[0]) / (2 * z), (rb[1] - rb[0]) / (2 * z))
+    return [vb - va - z * se, vb - va + z * se]
+
+
+def two_sample_interval(estimate: float, left_out_a: torch.Tensor, used_a: torch.Tensor,
+                        left_out_b: torch.Tensor, used_b: torch.Tensor) -> list[float] | None:
+    """A statistic of two independent samples (two corpora), each left out one block at a
+    time with the other whole: the two jackknife variances add (normal interval)."""
+    se_a = standard_errors(left_out_a[:, None], used_a)[0]
+    se_b = standard_errors(left_out_b[:, None], used_b)[0]
+    if not (torch.isfinite(se_a) and torch.isfinite(se_b)):
+        return None
+    z = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
+    half = z * math.hypot(float(se_a), float(se_b))
+    return [estimate - half, estimate + half]

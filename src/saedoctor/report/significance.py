@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from scipy import stats
 
 from saedoctor.metrics import jackknife
 from saedoctor.metrics.registry import BY_KEY
@@ -86,9 +85,7 @@ def _paired(a: dict[str, Any] | None,
 
 
 def _independent(va: float, vb: float, ra: list[float], rb: list[float]) -> list[float]:
-    z = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
-    se = math.hypot((ra[1] - ra[0]) / (2 * z), (rb[1] - rb[0]) / (2 * z))
-    return [vb - va - z * se, vb - va + z * se]
+    return jackknife.independent_difference(va, ra, vb, rb)
 
 
 def _difference(key: str, va: float, vb: float, bounds: Any, paired: bool, a_name: str,

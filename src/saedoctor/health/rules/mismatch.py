@@ -1,7 +1,9 @@
 """Rule (f): training-data mismatch.
 
-Two signals. With a second corpus (`corpus_comparison`): per-feature density shift (JSD) or
-a large change of variance explained / loss recovered between the corpora. Without one: the
+Two signals. With a second corpus (`corpus_comparison`): a per-feature density shift (JSD)
+whose 95 % interval lies wholly above the threshold, or a large change of variance
+explained / loss recovered between the corpora whose interval excludes 0 — sampling noise
+alone never fires it. Without one: the
 SAE's training corpus is a different dataset from the evaluation corpus AND it graded poor
 (a different corpus alone is normal: most SAEs are used off their training data).
 """
@@ -51,8 +53,10 @@ def _from_comparison(
     jsd = as_number(comparison.get("density_jsd"))
     deltas = comparison.get("deltas") or {}
     drops = {k: d for k in RECON_KEYS if (d := as_number(deltas.get(k))) is not None}
-    big = {k: d for k, d in drops.items() if abs(d) >= DROP_THRESHOLD}
-    shifted = jsd is not None and jsd > JSD_THRESHOLD
+    intervals = comparison.get("delta_intervals") or {}
+    big = {k: d for k, d in drops.items()
+           if abs(d) >= DROP_THRESHOLD and _significant(intervals.get(k))}  # fmt: skip
+    shifted = jsd is not None and _above(jsd, comparison.get("density_jsd_interval"))
     if not shifted and not big:
         return None
     main_name = ctx.run.get("corpus")
@@ -71,6 +75,22 @@ def _from_comparison(
         "features. Train (or fine-tune) it on the domain you will analyse.",
         _dataset(entry, worse),
     )
+
+
+def _above(jsd: float, interval: Any) -> bool:
+    """The shift is past the threshold beyond sampling noise: the whole 95 % interval is
+    above it (a report without intervals falls back on the point estimate)."""
+    if isinstance(interval, list) and len(interval) == 2:
+        return interval[0] > JSD_THRESHOLD
+    return jsd > JSD_THRESHOLD
+
+
+def _significant(interval: Any) -> bool:
+    """A change whose 95 % interval excludes 0 (or with no interval to say otherwise)."""
+    if not (isinstance(interval, list) and len(interval) == 2):
+        return True
+    low, high = interval
+    return not low <= 0 <= high
 
 
 def _worse_corpus(
@@ -96,9 +116,12 @@ def _comparison_evidence(
 ) -> list[str]:
     lines = []
     if jsd is not None:
+        interval = comparison.get("density_jsd_interval")
+        ci = (f", 95 % interval {interval[0]:.3f}–{interval[1]:.3f}"
+              if isinstance(interval, list) and len(interval) == 2 else "")
         lines.append(
-            f"feature-density JSD between {main} and {other} = {jsd:.3f} bits "
-            f"(threshold {JSD_THRESHOLD})"
+            f"feature-density JSD between {main} and {other} = {jsd:.3f} bits{ci} "
+            f"(threshold {JSD_THRESHOLD}: fires when the whole interval is above it)"
         )
     appeared, disappeared = comparison.get("appeared"), comparison.get("disappeared")
     if isinstance(appeared, list) and isinstance(disappeared, list):
