@@ -53,8 +53,7 @@ class BlockedStats:
         `res_sq` its ‖x − x̂‖², `cos` its cos(x, x̂), all from Reconstruction.update."""
         follow_device(self, _STATE, x.device)
         n_b = torch.bincount(blk, minlength=self.n_blocks)
-        shift = torch.zeros(self.n_blocks, self.d_in, dtype=torch.float64, device=x.device)
-        shift.index_add_(0, blk, x.double() - bmean)
+        shift = self._block_sums(blk, x, bmean)
         count = n_b.clamp(min=1).double()
         dev_b = torch.zeros(self.n_blocks, dtype=torch.float64, device=x.device)
         dev_b.index_add_(0, blk, dev_sq)
@@ -65,13 +64,30 @@ class BlockedStats:
         self.sse.index_add_(0, blk, res_sq)
         self.cos.index_add_(0, blk, cos)
 
+    def _block_sums(self, blk: torch.Tensor, x: torch.Tensor,
+                    bmean: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """`[n_blocks, d]` float64 sums of `x − bmean` over each block's rows.
+
+        One float32 matmul with the rows' block indicator (BLAS, no float64 copy of the
+        batch): the rows are centred on the float32-rounded batch mean, so the sums are of
+        deviations (no cancellation), and the rounding of that mean is added back in float64.
+        """
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # never half
+        present, local = torch.unique(blk, return_inverse=True)
+        indicator = torch.nn.functional.one_hot(local, present.numel()).T.to(work)
+        centre = bmean.to(work)
+        sums = (indicator @ (x.to(work) - centre)).double()
+        sums += indicator.sum(1, dtype=torch.float64)[:, None] * (centre.double() - bmean)
+        out = torch.zeros(self.n_blocks, self.d_in, dtype=torch.float64, device=x.device)
+        return out.index_copy_(0, present, sums)
+
     @torch.no_grad()
     def update_features(self, blk: torch.Tensor, codes: Codes, rows: torch.Tensor,
                         feats: torch.Tensor) -> None:  # fmt: skip
         """Fold one batch's firing entries (`rows`, `feats`: every activation > 0)."""
         key = blk[rows] * self.d_sae + feats
-        counts = torch.bincount(key, minlength=self.n_blocks * self.d_sae)
-        self.fires += counts.view(self.n_blocks, self.d_sae)
+        # scatter into the [n_blocks, d_sae] counts: no temporary of that size per batch
+        self.fires.view(-1).scatter_add_(0, key, torch.ones_like(key))
         per_row = (codes.values != 0).sum(1)
         self.nonzero.index_add_(0, blk, per_row.to(torch.int64))
 
