@@ -8,6 +8,8 @@ trained and cached first if it is not cached yet, which the result records) and 
 its report (docs/report.md):
 - `main` / `compare`: variance explained, loss recovered, diversity, L0, dead %, always-on on
   each corpus (the entry's `metrics` and its `corpus_comparison.metrics`);
+- `intervals` (docs), `delta_intervals` and `verdicts` (code against docs, from the two
+  corpora's intervals as independent samples), `density_jsd_interval`;
 - `density_jsd` (bits), `alive_only_on_compare` / `alive_only_on_main` (the comparison's
   `appeared` / `disappeared` feature lists, counted);
 - `diagnosis`: whether the `data_mismatch` rule fired, its severity, evidence and
@@ -68,6 +70,12 @@ def extract(report: dict[str, Any]) -> dict[str, Any]:
         "compare": {key: compare_metrics.get(key) for key in METRICS},
         "deltas": {key: (comparison.get("deltas") or {}).get(key) for key in METRICS},
         "density_jsd": comparison.get("density_jsd"),
+        "density_jsd_interval": comparison.get("density_jsd_interval"),
+        "intervals": {key: ((entry.get("intervals") or {}).get("metrics") or {}).get(key)
+                      for key in METRICS},
+        "delta_intervals": {key: (comparison.get("delta_intervals") or {}).get(key)
+                            for key in METRICS},
+        "verdicts": verdicts(comparison),
         "alive_only_on_compare": len(comparison.get("appeared") or []),
         "alive_only_on_main": len(comparison.get("disappeared") or []),
         "diagnosis": {
@@ -80,6 +88,20 @@ def extract(report: dict[str, Any]) -> dict[str, Any]:
         "prescribed_dataset": prescribed[0]["new"] if prescribed else None,
         "grade": (entry.get("grading") or {}).get("grade"),
     }  # fmt: skip
+
+
+def verdicts(comparison: dict[str, Any]) -> dict[str, str]:
+    """code (B) against docs (A) per metric, from the two corpora's intervals (independent
+    samples), in compare's words (report/significance.py)."""
+    from saedoctor.report.significance import verdict
+
+    out = {}
+    for key in METRICS:
+        delta = (comparison.get("deltas") or {}).get(key)
+        interval = (comparison.get("delta_intervals") or {}).get(key)
+        if delta is not None and interval:
+            out[key] = verdict(key, delta, interval[0], interval[1], "docs", "code")
+    return out
 
 
 def main() -> None:

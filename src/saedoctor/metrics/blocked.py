@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from saedoctor.metrics._state import export, follow_device, restore
+from saedoctor.metrics.features import Entries
 from saedoctor.sae.codes import Codes
 
 _STATE = ("tokens", "sse", "mean", "m2", "cos", "nonzero", "fires", "distinct",
@@ -82,10 +83,9 @@ class BlockedStats:
         return out.index_copy_(0, present, sums)
 
     @torch.no_grad()
-    def update_features(self, blk: torch.Tensor, codes: Codes, rows: torch.Tensor,
-                        feats: torch.Tensor) -> None:  # fmt: skip
-        """Fold one batch's firing entries (`rows`, `feats`: every activation > 0)."""
-        key = blk[rows] * self.d_sae + feats
+    def update_features(self, blk: torch.Tensor, codes: Codes, entries: Entries) -> None:
+        """Fold one batch's firing entries (every activation > 0)."""
+        key = entries.per_entry(blk) * self.d_sae + entries.feats
         # scatter into the [n_blocks, d_sae] counts: no temporary of that size per batch
         self.fires.view(-1).scatter_add_(0, key, torch.ones_like(key))
         per_row = (codes.values != 0).sum(1)

@@ -6,6 +6,7 @@ is a `bincount` over the indices of positive values, so no `[n, d_sae]` tensor i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,13 +18,31 @@ from saedoctor.thresholds import ALWAYS_ON_DENSITY, DEAD_DENSITY, DENSE_DENSITY
 _STATE = ("fire_count", "act_sum", "act_sq_sum", "tokens", "nonzero")
 
 
-def positive_entries(codes: Codes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows, feature ids and values of every activation `> 0` (flat, any order)."""
+@dataclass(frozen=True)
+class Entries:
+    """Every activation `> 0` of a batch, flat: feature ids, values, and how to read a
+    per-row tensor at each entry (its row's block, for the intervals)."""
+
+    feats: torch.Tensor
+    vals: torch.Tensor
+    mask: torch.Tensor | None  # sparse codes: the [n, k] mask the entries were taken with
+    rows: torch.Tensor | None  # dense codes: each entry's row
+
+    def per_entry(self, per_row: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:  # a masked select, as cheap as taking the entries
+            return per_row[:, None].expand_as(self.mask)[self.mask]
+        assert self.rows is not None
+        return per_row[self.rows]
+
+
+def positive_entries(codes: Codes) -> Entries:
+    """Feature ids and values of every activation `> 0` (flat, any order)."""
+    if codes.indices is not None:
+        mask = codes.values > 0
+        return Entries(codes.indices[mask], codes.values[mask], mask, None)
     # nonzero() keeps memory at O(n * L0) instead of a float64 copy of the dense codes.
     rows, cols = (codes.values > 0).nonzero(as_tuple=True)
-    if codes.indices is not None:
-        return rows, codes.indices[rows, cols], codes.values[rows, cols]
-    return rows, cols, codes.values[rows, cols]
+    return Entries(cols, codes.values[rows, cols], None, rows)
 
 
 class FeatureStats:
@@ -54,11 +73,12 @@ class FeatureStats:
         return (self.d_sae, self.always_on_threshold, self.dense_threshold, self.dead_threshold)
 
     @torch.no_grad()
-    def update(self, codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fold one batch; (row, feature id) of every activation > 0."""
+    def update(self, codes: Codes) -> Entries:
+        """Fold one batch; its activations > 0 (for the intervals' block counts)."""
         check_codes(codes, self.d_sae)
         follow_device(self, _STATE, codes.values.device)
-        rows, feats, vals = positive_entries(codes)
+        entries = positive_entries(codes)
+        feats, vals = entries.feats, entries.vals
         self.fire_count += torch.bincount(feats, minlength=self.d_sae)
         vals = vals.double()
         self.act_sum += torch.bincount(feats, weights=vals, minlength=self.d_sae)
@@ -66,7 +86,7 @@ class FeatureStats:
         self.tokens += codes.n_tokens
         # l0 counts f != 0 (SPEC), which differs from "fired" only for negative codes.
         self.nonzero += torch.count_nonzero(codes.values)
-        return rows, feats
+        return entries
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         if other.config != self.config:

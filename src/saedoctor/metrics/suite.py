@@ -104,8 +104,8 @@ class MetricSuite:
             blocks.update_reconstruction(row_block.to(x.device), x, *stats)
         if self.without_skip is not None:
             self.without_skip.update(x, x_hat_without_skip)
-        rows, feats = self.features.update(codes)
-        blocks.update_features(row_block.to(feats.device), codes, rows, feats)
+        entries = self.features.update(codes)
+        blocks.update_features(row_block.to(entries.feats.device), codes, entries)
         sequences, distinct = self.diversity.update(codes, seq_ids)
         blocks.update_diversity(blocks.blocks_of(sequences).to(distinct.device), distinct)
 
