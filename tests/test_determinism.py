@@ -102,7 +102,8 @@ def test_out_of_memory_retries_in_halves(
         monkeypatch.setattr(SiteReader, "read", forward)
     capsys.readouterr()
     big = diagnose(_opts(tiny_llama_dir, text_corpus, saes, tmp_path, batch_size=8,
-                         downstream=downstream, explain_tokens=64))  # fmt: skip
+                         downstream=downstream, explain_tokens=64,
+                         preflight="none"))  # the main pass's reads only  # fmt: skip
     _metrics_close(big, small)
     assert calls[:4] == [8, 4, 2, 2]  # halved twice, then each later batch split up front
     assert 4 not in calls[4:] and 8 not in calls[4:]

@@ -56,8 +56,10 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
         saved_sae(tmp_path / "l1", random_sae(64, 256, site=Site(1, "mlp_out"), seed=1)),
         saved_sae(tmp_path / "l2", random_sae(64, 256, site=Site(2, "resid_pre"), seed=2)),
     ]
-    # No feature can pass a threshold of 1.0, so no explanation pass adds forwards here.
-    opts = _opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0, downstream=False)
+    # No feature can pass a threshold of 1.0, so no explanation pass adds forwards here; the
+    # pre-flight's own short forward (tests/test_preflight.py) is not what this test counts.
+    opts = _opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0, downstream=False,
+                 preflight="none")
     report = diagnose(opts)
     n_batches = report["run"]["sequences"] // 4 + (report["run"]["sequences"] % 4 > 0)
     assert n_batches == 4  # 512 tokens / 32 context / 4 per batch
@@ -69,7 +71,7 @@ def test_one_forward_pass_per_batch_and_stops_at_deepest_block(
     # from captured block inputs, so block 0 (before every site) runs once per batch too.
     for name in calls:
         calls[name] = 0
-    diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0))
+    diagnose(_opts(tiny_llama_dir, text_corpus, saes, always_on_threshold=1.0, preflight="none"))
     assert calls["embed"] == calls["block0"] == n_batches
     # Per batch: the clean pass, 3 SAE tails, and the mlp_out site's ablation tail. Zero-
     # ablating a residual site is one token's forward, checked once against a full ablated

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from preflight_cases import norm_check, outlier_check, site_check, special_check, with_preflight
 from saedoctor import limits
 from saedoctor.errors import InputError
 from saedoctor.health import diagnose_sweep, load_policy
@@ -90,6 +91,13 @@ EXTREME: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "negative orthogonality weight, absorption": (
         make_entry(layer=3, trainer={"k": 32, "decoder_orthogonality_weight": -1},
                    absorption=0.4), RUN),
+    "miswired site and special tokens (pre-flight)": (
+        with_preflight(make_entry(layer=3, trainer={"k": 32}), site=site_check(),
+                       special=special_check()), RUN),
+    "input scale, activation outliers, dead (pre-flight)": (
+        with_preflight(make_entry(layer=3, trainer={"k": 32, "b_dec_init": "zeros"},
+                                  dead_pct=60.0, tokens_seen=1_000_000),
+                       norm=norm_check(), outliers=outlier_check()), RUN),
 }  # fmt: skip
 
 

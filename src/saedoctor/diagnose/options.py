@@ -12,7 +12,9 @@ from saedoctor.sae.site import SITE_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 MIN_ABSORPTION_SAMPLE = 2  # a confidence interval needs two sampled features
-_POSITIVE_INTS = ("tokens", "context", "batch_size", "explain_tokens")
+_POSITIVE_INTS = ("tokens", "context", "batch_size", "explain_tokens", "preflight_tokens")
+# The pre-flight checks (saedoctor.diagnose.preflight), in the order they run.
+PREFLIGHT_CHECKS = ("site", "norm", "special", "outliers")
 
 
 @dataclass
@@ -43,6 +45,12 @@ class DiagnoseOptions:
         None, help="cached activations (.safetensors, .npy or a `saedoctor cache-activations` "
         "directory) instead of a model")
     include_special: bool = option(False, help="count BOS/EOS/pad positions too")
+    # -- pre-flight: is the SAE wired to the right activations? (before the main pass) -----
+    preflight: str = option(
+        "all", help="checks on the first --preflight-tokens tokens before the main pass: all | "
+        f"none | a comma list of {','.join(PREFLIGHT_CHECKS)} (right block and site; input "
+        "norm; BOS/special tokens; activation-outlier severity)")
+    preflight_tokens: int = option(512, help="tokens the pre-flight checks read")
     # -- what is measured -------------------------------------------------------------------
     always_on_threshold: float = option(0.80, help="density above which a feature is always-on")
     explain_tokens: int = option(
@@ -100,7 +108,12 @@ class DiagnoseOptions:
             raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if not 0 < self.always_on_threshold <= 1:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
+        self.preflight_checks()
         self._validate_combinations()
+
+    def preflight_checks(self) -> tuple[str, ...]:
+        """The pre-flight checks asked for, in PREFLIGHT_CHECKS order; InputError otherwise."""
+        return parse_preflight(self.preflight)
 
     def _validate_combinations(self) -> None:
         if self.first_letter_absorption and self.activations is not None:
@@ -111,6 +124,21 @@ class DiagnoseOptions:
             raise InputError("--checkpoint-minutes: expected a number of minutes >= 0")
         if self.resume and self.activations is not None:
             raise InputError("--resume applies to a run on a model: not with --activations")
+
+
+def parse_preflight(value: str) -> tuple[str, ...]:
+    """`all`, `none` or a comma list of PREFLIGHT_CHECKS → the checks, in their run order."""
+    text = value.strip().lower()
+    if text == "all":
+        return PREFLIGHT_CHECKS
+    if text == "none":
+        return ()
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(names - set(PREFLIGHT_CHECKS))
+    if unknown or not names:
+        raise InputError(f"{_flag('preflight')} {value!r}: expected all, none or a comma list "
+                         f"of {', '.join(PREFLIGHT_CHECKS)}")  # fmt: skip
+    return tuple(c for c in PREFLIGHT_CHECKS if c in names)
 
 
 def _flag(name: str) -> str:

@@ -14,6 +14,7 @@ from saedoctor.diagnose.clt import NAME as CLT_SECTION
 from saedoctor.diagnose.clt import clt_entry, clt_groups, shadow_units
 from saedoctor.diagnose.model_pass import ModelPass, feed
 from saedoctor.diagnose.options import DiagnoseOptions
+from saedoctor.diagnose.preflight import preflight_on_activations, run_preflight
 from saedoctor.diagnose.transcoder_set import set_entry, splice_set
 from saedoctor.diagnose.units import SAEUnderTest, check_against_model, suite_sink
 from saedoctor.errors import InputError
@@ -30,6 +31,7 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
     if loaded_model is not None or opts.device_map is not None or opts.quantize is not None:
         follow_sites(loaded, units)  # a model placed by the caller: SAEs go where it is
     check_against_model(units, loaded.name, loaded.n_layers, loaded.d_model)
+    preflight = run_preflight(opts, loaded, units)  # before minutes of streaming
     tset = splice_set(units) if opts.downstream else None
     groups = [group for group, _ in clt_groups(units)]
     accumulators = ([] if tset is None else [tset]) + groups
@@ -51,7 +53,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
         extras["transcoder_set"] = set_entry(tset)
     if groups:
         extras[CLT_SECTION] = [clt_entry(group) for group in groups]
-    return {"model": model_info, **info, **extras, "state_file": state.path}
+    return {"model": model_info, **info, **extras, "state_file": state.path,
+            "preflight": preflight}  # fmt: skip
 
 
 def secondary_passes(passes: ModelPass, units: list[SAEUnderTest], state: Any,
@@ -247,6 +250,7 @@ def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict
                 f"{unit.path}: SAE d_in={unit.sae.cfg.d_in} but {opts.activations} holds "
                 f"activations of width {d_in}"
             )
+    preflight = preflight_on_activations(opts, units, acts)
     counted = 0
     seq_len = acts.shape[1] if acts.dim() == 3 else CACHED_CONTEXT
     with token_progress(opts.quiet) as progress:
@@ -257,7 +261,8 @@ def run_on_activations(opts: DiagnoseOptions, units: list[SAEUnderTest]) -> dict
             progress.update(task, advance=x.shape[0])
             for unit in units:  # the file was checked finite: only an SAE output can fail
                 feed(unit, x.to(opts.device), seq_ids, suite_sink, where)
-    info = {"model": None, "tokens_processed": counted, "tokens_counted": counted}
+    info = {"model": None, "tokens_processed": counted, "tokens_counted": counted,
+            "preflight": preflight}  # fmt: skip
     _require_tokens(info, str(opts.activations))
     info["explanations"] = {u.name: explanations_without_tokens(u) for u in units}
     return info

@@ -14,6 +14,7 @@ from saedoctor import distributed
 from saedoctor.diagnose.entries import run_metadata, sae_entry
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.passes import run_on_activations, run_on_model
+from saedoctor.diagnose.preflight import with_preflight
 from saedoctor.diagnose.units import ensure_default_sae, load_saes
 from saedoctor.errors import InputError
 
@@ -50,7 +51,7 @@ def diagnose(
     document = {
         "schema": "saedoctor.report/1",
         "run": run_metadata(opts, info, 0.0),
-        "saes": [sae_entry(u, info, opts) for u in units],
+        "saes": [with_preflight(sae_entry(u, info, opts), info, u.name) for u in units],
     }
     if info.get("transcoder_set") is not None:
         document["transcoder_set"] = info["transcoder_set"]

@@ -19,7 +19,14 @@ from saedoctor.limits import top_k_fits
 from saedoctor.sae.arch import TOPK_ARCHITECTURES
 from saedoctor.train.config import ALIASES, ARCHITECTURES, TrainConfig, d_sae_for, with_changes
 
-NOT_TRAINING = {"eval_tokens": "a `saedoctor diagnose --tokens` option, not a training setting"}
+NOT_TRAINING = {
+    "eval_tokens": "a `saedoctor diagnose --tokens` option, not a training setting",
+    # the pre-flight's: how the SAE is wired to the model, not how it was trained
+    "eval_site": "a `saedoctor diagnose --layer / --site` option, not a training setting",
+    "eval_input_scale": "how activations are fed to the SAE, not a training setting",
+    "eval_include_special": "a `saedoctor diagnose --include-special` option, not a training "
+    "setting",
+}
 _QUICK_NAMES = {"k": "top_k", "dead_tokens_threshold": "dead_feature_threshold",
                 "lr": "learning_rate"}  # fmt: skip
 _IGNORED = {"name", "version", "layer", "site", "d_sae", "input_scale", "batch_tokens",

@@ -49,6 +49,7 @@ from saedoctor.train.monitor import (
     TensorBoardLogger,
     WandbLogger,
 )
+from saedoctor.train.outliers import warn_outliers
 from saedoctor.train.ranks import TrainRanks, no_interrupt_mid_pool, train_ranks
 from saedoctor.train.sae_trainer import TrainableSAE
 from saedoctor.version import __version__
@@ -343,9 +344,11 @@ class Trainer:
         return self._targets[index]
 
     def _initialise(self, pool: Pool) -> None:
-        for sae in self.saes.values():
-            if not sae.initialised:
-                sae.initialise_from(pool.acts)
+        todo = [sae for sae in self.saes.values() if not sae.initialised]
+        if todo and self.ranks.is_main:  # before the first step: activation outliers
+            warn_outliers(self.console, todo, pool.acts)
+        for sae in todo:
+            sae.initialise_from(pool.acts)
 
     def _micro(self, pool: Pool, rows: torch.Tensor) -> None:
         step, scale = self.progress.step, 1.0 / self.cfg.gradient_accumulation
