@@ -21,7 +21,7 @@ ROOT = "<root>"  # the package's __init__: the public API, on top of everything
 # → the jobs → the command line): a module may import its own layer and the ones below.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "defaults", "atomic", "progress", "version", "options", "limits",
-     "callable_package"),
+     "thresholds", "callable_package"),
     ("sae",),
     ("activations",),
     ("metrics",),
