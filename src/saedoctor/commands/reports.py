@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,18 @@ from saedoctor.commands.exit_status import (
 )
 from saedoctor.commands.views import print_terminal, write_views
 from saedoctor.errors import InputError
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """The options that only `compare --features` takes."""
+
+    report_a: Path | None
+    report_b: Path | None
+    threshold: float | None
+    method: str
+    out: Path | None
+
 
 RunJson = Annotated[Path, typer.Argument(help="a report written by `saedoctor diagnose`")]
 
@@ -46,27 +59,89 @@ def report_command(
 
 
 def compare_command(
-    reports: Annotated[list[Path], typer.Argument(help="two or more report JSON files")],
+    reports: Annotated[list[Path], typer.Argument(
+        help="two or more report JSON files; with --features, two dictionaries A B")],
     md: Annotated[Path | None, typer.Option("--md", help="write Markdown here")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="write HTML here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the comparison JSON")] = False,
-) -> None:
-    """SAEs side by side: the layer-by-layer table and the model-vs-model comparison."""
+    features: Annotated[bool, typer.Option(
+        "--features", help="match the decoder rows of two dictionaries A B (any format "
+                           "`diagnose` reads): shared features, PW-MCC, born/died")] = False,
+    report_a: Annotated[Path | None, typer.Option(
+        "--report-a", help="--features: A's diagnose report (its always-on / dead ids)")] = None,
+    report_b: Annotated[Path | None, typer.Option(
+        "--report-b", help="--features: B's diagnose report")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="--features: cosine at or above which two features are the same",
+        show_default="0.7")] = None,
+    method: Annotated[str, typer.Option(
+        help="--features: auto (Hungarian when the cosine matrix fits 1 GiB) | hungarian | "
+             "best-match")] = "auto",
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="--features: write the comparison JSON here")] = None,
+) -> None:  # fmt: skip
+    """SAEs side by side: the layer-by-layer table and the model-vs-model comparison; with
+    --features, how many features two dictionaries (two seeds, two checkpoints) share."""
+    with handled_errors():
+        if features:
+            feature_options = FeatureOptions(report_a, report_b, threshold, method, out)
+            _compare_features(reports, feature_options, md, html, as_json)
+            return
+        _refuse_feature_options(report_a, report_b, threshold, method, out)
+        _compare_reports(reports, md, html, as_json)
+
+
+def _compare_reports(reports: list[Path], md: Path | None, html: Path | None,
+                     as_json: bool) -> None:  # fmt: skip
     from saedoctor.atomic import atomic_write_bytes
     from saedoctor.report import compare as cmp
     from saedoctor.report.document import read_report
 
-    with handled_errors():
-        documents = [read_report(p) for p in reports]
-        comparison = cmp.compare_reports(documents, [str(p) for p in reports])
-        if md is not None:
-            atomic_write_bytes(md, cmp.render_compare_markdown(comparison).encode())
-        if html is not None:
-            atomic_write_bytes(html, cmp.render_compare_html(comparison).encode())
-        if as_json:
-            typer.echo(json.dumps(comparison, indent=1))
-        elif md is None and html is None:
-            cmp.render_compare_terminal(comparison)
+    documents = [read_report(p) for p in reports]
+    comparison = cmp.compare_reports(documents, [str(p) for p in reports])
+    if md is not None:
+        atomic_write_bytes(md, cmp.render_compare_markdown(comparison).encode())
+    if html is not None:
+        atomic_write_bytes(html, cmp.render_compare_html(comparison).encode())
+    if as_json:
+        typer.echo(json.dumps(comparison, indent=1))
+    elif md is None and html is None:
+        cmp.render_compare_terminal(comparison)
+
+
+def _refuse_feature_options(report_a: Path | None, report_b: Path | None,
+                            threshold: float | None, method: str,
+                            out: Path | None) -> None:  # fmt: skip
+    given = [flag for flag, value, unset in (
+        ("--report-a", report_a, None), ("--report-b", report_b, None),
+        ("--threshold", threshold, None), ("--method", method, "auto"),
+        ("--out", out, None)) if value != unset]  # fmt: skip
+    if given:
+        raise InputError(f"{given[0]}: only with --features A B (two dictionaries)")
+
+
+def _compare_features(paths: list[Path], opts: FeatureOptions, md: Path | None,
+                      html: Path | None, as_json: bool) -> None:  # fmt: skip
+    from saedoctor.atomic import atomic_write_bytes, atomic_write_json
+    from saedoctor.report import feature_match_render as render
+    from saedoctor.report.feature_compare import compare_features
+
+    if len(paths) != 2:
+        raise InputError(f"--features: {len(paths)} paths given; expected two dictionaries A B")
+    if html is not None:
+        raise InputError("--html: not available with --features; use --md or --json")
+    comparison = compare_features(paths[0], paths[1], threshold=opts.threshold,
+                                  method=opts.method, report_a=opts.report_a,
+                                  report_b=opts.report_b)  # fmt: skip
+    document = render.as_json(comparison)
+    if opts.out is not None:
+        atomic_write_json(opts.out, document)
+    if md is not None:
+        atomic_write_bytes(md, render.markdown(comparison).encode())
+    if as_json:
+        typer.echo(json.dumps(document, indent=1))
+    else:
+        render.terminal(comparison)
 
 
 FILTER_FORMATS = ("saedoctor", "circuit-tracer")
