@@ -37,6 +37,8 @@ class ModelPass:
     units: list[SAEUnderTest]
     state: Any = None  # saedoctor.diagnose_state.MainPassState
     tset: Any = None  # saedoctor.diagnose.transcoder_set.SpliceSet: the set spliced whole
+    # `--tokens auto` (diagnose/auto_tokens.py): asked after each batch, True ends the pass
+    stop: Callable[[dict[str, int]], bool] | None = None
 
     @property
     def extras(self) -> list[Any]:
@@ -143,6 +145,8 @@ class ModelPass:
                 yield batch
                 if state is not None:  # the batch is in every accumulator by now
                     state.after_batch(totals)
+                if self.stop is not None and self.stop(totals):
+                    return
 
     def _batches(self, corpus: str, tokens: int, skip_sequences: int = 0) -> Iterator:
         from saedoctor.activations.batches import token_batches

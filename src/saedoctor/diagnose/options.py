@@ -12,7 +12,8 @@ from saedoctor.sae.site import SITE_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 MIN_ABSORPTION_SAMPLE = 2  # a confidence interval needs two sampled features
-_POSITIVE_INTS = ("tokens", "context", "batch_size", "explain_tokens", "preflight_tokens")
+_POSITIVE_INTS = ("tokens", "context", "batch_size", "explain_tokens", "preflight_tokens",
+                  "auto_max_tokens")  # fmt: skip
 # The pre-flight checks (saedoctor.diagnose.preflight), in the order they run.
 PREFLIGHT_CHECKS = ("site", "norm", "special", "outliers")
 
@@ -36,7 +37,16 @@ class DiagnoseOptions:
     compare_corpus: str | None = option(
         None, help="evaluate the same SAEs on a second corpus: training-data mismatch")
     text_field: str = option("text", help="text column of jsonl/parquet/HF data")
-    tokens: int = option(defaults.DEFAULT_EVAL_TOKENS, help="tokens to stream")
+    tokens: int | str = option(
+        defaults.DEFAULT_EVAL_TOKENS, cli_type=str, help="tokens to stream, or auto: until "
+        "more tokens could not change any graded status (each metric's interval in one band, "
+        "or narrower than --auto-width of its value), at most --auto-max-tokens")
+    auto_width: float = option(
+        0.02, help="--tokens auto: an interval narrower than this fraction of its value is "
+        "settled")
+    auto_max_tokens: int = option(1_000_000, help="--tokens auto: stream at most this many")
+    auto_tokens: bool = option(
+        False, cli=False, help="set by --tokens auto (tokens is then the cap)")
     context: int = option(defaults.DEFAULT_CONTEXT, help="sequence length")
     batch_size: int = option(defaults.DEFAULT_BATCH_SIZE, help="sequences per batch")
     device: str = option("cpu", help="cpu, cuda, cuda:1, mps")
@@ -94,6 +104,7 @@ class DiagnoseOptions:
         "its report is safely written")
 
     def validate(self) -> None:
+        self._resolve_tokens()
         for name in _POSITIVE_INTS:
             if getattr(self, name) <= 0:
                 raise InputError(f"{_flag(name)}: expected a positive integer")
@@ -110,6 +121,24 @@ class DiagnoseOptions:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
         self.preflight_checks()
         self._validate_combinations()
+
+    def _resolve_tokens(self) -> None:
+        """`--tokens auto` → the cap, with `auto_tokens` set; a number given as text → int."""
+        if not isinstance(self.tokens, str):
+            return
+        text = self.tokens.strip().lower()
+        if text == "auto":
+            if self.activations is not None:
+                raise InputError("--tokens auto streams from a model: not with --activations")
+            if not 0 < self.auto_width < 1:
+                raise InputError(f"{_flag('auto_width')}: expected a fraction in (0, 1)")
+            self.tokens, self.auto_tokens = self.auto_max_tokens, True
+            return
+        try:
+            self.tokens = int(text.replace("_", ""))
+        except ValueError:
+            raise InputError(
+                f"--tokens {self.tokens!r}: expected a positive integer or auto") from None
 
     def preflight_checks(self) -> tuple[str, ...]:
         """The pre-flight checks asked for, in PREFLIGHT_CHECKS order; InputError otherwise."""

@@ -22,8 +22,10 @@ from saedoctor.metrics.finite import RowOrigin
 from saedoctor.progress import stderr_console, token_progress
 
 
-def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
-                 loaded_model: Any = None) -> dict[str, Any]:  # fmt: skip
+def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest], loaded_model: Any = None,
+                 policy: Any = None) -> dict[str, Any]:  # fmt: skip
+    """The passes on a model; `policy` (the grading policy) decides when `--tokens auto`
+    has streamed enough."""
     from saedoctor.activations.model import follow_sites, load_model
 
     loaded = loaded_model or load_model(opts.model, device=opts.device, dtype=opts.dtype,
@@ -37,6 +39,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
     accumulators = ([] if tset is None else [tset]) + groups
     state = main_pass_state(opts, loaded, units, accumulators)
     passes = ModelPass(loaded, opts, units, state, tset)
+    auto = auto_stop(opts, units, policy)
+    passes.stop = auto
     with state.signals():
         if opts.downstream:
             info = passes.run_downstream(opts.corpus, opts.tokens,
@@ -45,7 +49,9 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
             info = passes.run(opts.corpus, opts.tokens, suite_sink, "diagnose")
     # under torchrun: rank 0 goes on
     info = distributed.gather_main_pass(units + accumulators, info, state)
-    passes.state = None  # the secondary passes rerun from scratch on resume
+    passes.state, passes.stop = None, None  # the secondary passes rerun from scratch on resume
+    if auto is not None:
+        info["tokens_auto"] = auto.describe(info)
     _require_tokens(info, opts.corpus)
     extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
@@ -55,6 +61,18 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest],
         extras[CLT_SECTION] = [clt_entry(group) for group in groups]
     return {"model": model_info, **info, **extras, "state_file": state.path,
             "preflight": preflight}  # fmt: skip
+
+
+def auto_stop(opts: DiagnoseOptions, units: list[SAEUnderTest], policy: Any) -> Any:
+    """The `--tokens auto` stop rule, or None (a fixed token count)."""
+    if not opts.auto_tokens:
+        return None
+    from saedoctor.diagnose.auto_tokens import AutoStop
+    from saedoctor.health import load_policy
+
+    budget = opts.downstream_tokens if opts.downstream else 0
+    return AutoStop(policy or load_policy(opts.policy), units, opts.auto_width, opts.tokens,
+                    budget)  # fmt: skip
 
 
 def secondary_passes(passes: ModelPass, units: list[SAEUnderTest], state: Any,

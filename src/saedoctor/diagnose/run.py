@@ -47,7 +47,7 @@ def diagnose(
     if opts.activations is not None:
         info = run_on_activations(opts, units)
     else:
-        info = run_on_model(opts, units, loaded_model)
+        info = run_on_model(opts, units, loaded_model, policy)
     document = {
         "schema": "saedoctor.report/1",
         "run": run_metadata(opts, info, 0.0),

@@ -170,6 +170,23 @@ class MetricSuite:
                                    f"diversity_top{self.diversity.top}"))  # fmt: skip
         return out
 
+    def snapshot(self) -> dict[str, tuple[float, list[float]]]:
+        """(value, 95 % interval) of the token-measured metrics, mid-pass and cheaply (no
+        absorption, no per-feature lists): what `--tokens auto` checks between batches."""
+        f = self.features
+        if int(f.tokens) == 0 or int((self.blocked.tokens > 0).sum()) < 2:
+            return {}
+        density = f.density()
+        values: dict[str, Any] = {**self.reconstruction.compute(), **self.diversity.compute(),
+                                  "l0": int(f.nonzero) / int(f.tokens),
+                                  "always_on_count": int((density > f.always_on_threshold).sum()),
+                                  "dead_pct": 100.0 * float((density < f.dead_threshold).sum())
+                                  / self.d_sae}  # fmt: skip
+        thresholds = Thresholds(f.always_on_threshold, f.dense_threshold, f.dead_threshold)
+        intervals = suite_intervals(self.blocked, values, thresholds,
+                                    f"diversity_top{self.diversity.top}")["intervals"]  # fmt: skip
+        return {k: (values[k], v) for k, v in intervals.items() if values.get(k) is not None}
+
     def _without_skip(self) -> dict[str, Any]:
         if self.without_skip is None:
             return {}

@@ -44,6 +44,7 @@ def run_lines(document: dict[str, Any]) -> list[str]:
         f"data: {data}" + (f" (compared with {run['compare_corpus']})"
                            if run.get("compare_corpus") else ""),
         f"tokens counted: {counted:,}" if isinstance(counted, int) else "tokens counted: ?",
+        *auto_tokens_line(run),
         f"grading policy: {policy}",
         f"created: {run.get('created', '?')}, wall time {run.get('wall_time_s', '?')} s",
     ]
@@ -53,6 +54,14 @@ def run_lines(document: dict[str, Any]) -> list[str]:
     if run.get("note"):
         lines.append(f"note: {run['note']}")
     return lines
+
+
+def auto_tokens_line(run: dict[str, Any]) -> list[str]:
+    """`--tokens auto`: why the pass stopped where it did."""
+    auto = run.get("tokens_auto")
+    if not auto:
+        return []
+    return [f"tokens: auto (cap {auto['cap']:,}): {auto['reason']}"]
 
 
 def metric_table(entry: dict[str, Any]) -> Table:
