@@ -55,6 +55,9 @@ def layers(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         row = {key: entry["metrics"].get(key) for key in LAYER_METRICS}
         row["grade"] = (entry.get("grading") or {}).get("grade")
         row["held_back_by"] = (entry.get("grading") or {}).get("held_back_by")
+        # each figure's 95 % interval (docs/metrics.md), where the report gives one
+        intervals = (entry.get("intervals") or {}).get("metrics") or {}
+        row["intervals"] = {key: intervals.get(key) for key in LAYER_METRICS}
         out[str(entry["site"]["layer"])] = row
     return out
 
