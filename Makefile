@@ -52,6 +52,7 @@ figures: setup
 	$(BIN)/python benchmarks/metric_overhead.py
 	$(BIN)/python benchmarks/absorption_scale.py
 	$(BIN)/python benchmarks/data_mismatch.py
+	$(BIN)/python benchmarks/preflight_default.py
 	$(BIN)/python benchmarks/diagnose_memory.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/prescription_ab.py --threads 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from preflight_cases import norm_check, outlier_check, site_check, special_check, with_preflight
 from saedoctor.errors import InputError
 from saedoctor.report.document import read_report, write_report
 from saedoctor.report.schema import validate_report
@@ -87,3 +88,13 @@ def test_not_json_and_missing_file(tmp_path: Path) -> None:
         read_report(bad)
     with pytest.raises(InputError, match="no such report file"):
         read_report(tmp_path / "missing.json")
+
+
+def test_preflight_block_validates_and_a_wrong_typed_one_fails(tmp_path: Path) -> None:
+    document = sample_like()
+    with_preflight(document["saes"][0], site=site_check(), norm=norm_check(),
+                   special=special_check(), outliers=outlier_check())  # fmt: skip
+    validate_report(document, "r.json")
+    document["saes"][0]["preflight"]["site"]["declared"]["fvu"] = "0.3"
+    message = one_line_error(tmp_path, document)
+    assert "$.saes[0].preflight.site.declared.fvu" in message
