@@ -103,6 +103,12 @@ class DiagnoseOptions:
         False, cli=False, help="leave the state file for a caller that deletes it only once "
         "its report is safely written")
 
+    def __post_init__(self) -> None:
+        # The command line passes --tokens as text (it may be `auto`): a number is an int
+        # at once, so options from the CLI and from Python compare equal.
+        if isinstance(self.tokens, str) and self.tokens.strip().replace("_", "").isdigit():
+            self.tokens = int(self.tokens.strip().replace("_", ""))
+
     def validate(self) -> None:
         self._resolve_tokens()
         for name in _POSITIVE_INTS:
