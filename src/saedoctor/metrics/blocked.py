@@ -17,6 +17,7 @@ import torch
 
 from saedoctor.metrics._state import export, follow_device, restore
 from saedoctor.metrics.features import Entries
+from saedoctor.metrics.reconstruction import chan_merge
 from saedoctor.sae.codes import Codes
 
 _STATE = ("tokens", "sse", "mean", "m2", "cos", "nonzero", "fires", "distinct",
@@ -60,7 +61,7 @@ class BlockedStats:
         dev_b.index_add_(0, blk, dev_sq)
         m2_b = (dev_b - shift.pow(2).sum(1) / count).clamp(min=0)
         mean_b = bmean + shift / count[:, None]
-        self.mean, self.m2 = chan_merge_rows(self.tokens, self.mean, self.m2, n_b, mean_b, m2_b)
+        self.mean, self.m2 = chan_merge(self.tokens, self.mean, self.m2, n_b, mean_b, m2_b)
         self.tokens += n_b
         self.sse.index_add_(0, blk, res_sq)
         self.cos.index_add_(0, blk, cos)
@@ -101,7 +102,7 @@ class BlockedStats:
         if (other.d_in, other.d_sae, other.n_blocks) != (self.d_in, self.d_sae, self.n_blocks):
             raise ValueError("cannot merge BlockedStats of other shapes")
         o = {n: getattr(other, n).to(self.tokens.device) for n in _STATE}
-        self.mean, self.m2 = chan_merge_rows(self.tokens, self.mean, self.m2, o["tokens"],
+        self.mean, self.m2 = chan_merge(self.tokens, self.mean, self.m2, o["tokens"],
                                              o["mean"], o["m2"])  # fmt: skip
         for name in _STATE:
             if name not in ("mean", "m2"):
@@ -113,14 +114,3 @@ class BlockedStats:
 
     def load_state_dict(self, d: dict[str, torch.Tensor], prefix: str = "") -> None:
         restore(self, _STATE, prefix, d)
-
-
-def chan_merge_rows(
-    n_a: torch.Tensor, mean_a: torch.Tensor, m2_a: torch.Tensor,
-    n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Row-wise Chan et al. update: block i of a with block i of b (`n [B]`, `mean [B, d]`)."""
-    w = n_b.double() / (n_a + n_b).clamp(min=1).double()
-    delta = mean_b - mean_a
-    m2 = m2_a + m2_b + delta.pow(2).sum(1) * n_a.double() * w
-    return mean_a + delta * w[:, None], m2

@@ -75,11 +75,12 @@ def chan_merge(
     n_a: torch.Tensor, mean_a: torch.Tensor, m2_a: torch.Tensor,
     n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Combined (mean, M2) of two sets of vectors; counts are int64 0-d tensors."""
+    """Combined (mean, M2) of two sets of vectors; counts are int64 tensors, 0-d for one
+    set each, or `[B]` with means `[B, d]` for B pairs merged row by row."""
     # clamp: merging two empty states gives w = 0 (no branch, so no GPU sync).
     w = n_b.double() / (n_a + n_b).clamp(min=1).double()
     delta = mean_b - mean_a
-    return mean_a + delta * w, m2_a + m2_b + _rowdot(delta, delta) * n_a.double() * w
+    return mean_a + delta * w.unsqueeze(-1), m2_a + m2_b + _rowdot(delta, delta) * n_a.double() * w
 
 
 class RowStats(NamedTuple):

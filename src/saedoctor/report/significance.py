@@ -56,7 +56,7 @@ def compare_entries(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: s
         if not _number(va) or not _number(vb) or ra is None or rb is None:
             continue
         bounds = (paired_blocks[key] if key in paired_blocks
-                  else _independent(va, vb, ra, rb))  # fmt: skip
+                  else jackknife.independent_difference(va, ra, vb, rb))  # fmt: skip
         out.append(_difference(key, va, vb, bounds, key in paired_blocks, a_name, b_name))
     return out
 
@@ -82,10 +82,6 @@ def _paired(a: dict[str, Any] | None,
                             dtype=torch.float64)  # fmt: skip
         out[key] = torch.tensor(used), diff
     return out
-
-
-def _independent(va: float, vb: float, ra: list[float], rb: list[float]) -> list[float]:
-    return jackknife.independent_difference(va, ra, vb, rb)
 
 
 def _difference(key: str, va: float, vb: float, bounds: Any, paired: bool, a_name: str,
