@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -85,3 +86,28 @@ def require_chromium() -> Path:
             "(as root, or through passwordless sudo)"
         )
     return Path(found)
+
+
+def ctrl_c_at(step: int):
+    """An on_step hook that sends this process a real SIGINT (what Ctrl-C does) at `step`."""
+
+    def hook(trainer) -> None:
+        if trainer.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return hook
+
+
+def interrupted_and_uninterrupted(cfg, acts, work: Path, step: int = 17):
+    """(a run to the end, the same run stopped by Ctrl-C at `step` and resumed), on the same
+    in-memory activations: what every trainer's resume test compares."""
+    from saedoctor.train.trainer import TrainingInterrupted, train_on_activations
+
+    reference = train_on_activations(cfg, acts, work / "ref")
+    with pytest.raises(TrainingInterrupted):
+        train_on_activations(cfg, acts, work / "run", on_step=ctrl_c_at(step))
+    resumed = train_on_activations(cfg, acts, work / "run", resume=True)
+    assert [r["variance_explained"] for r in resumed.history] == [
+        r["variance_explained"] for r in reference.history
+    ]
+    return reference, resumed

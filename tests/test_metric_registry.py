@@ -12,9 +12,17 @@ import torch
 from saedoctor.health import load_policy
 from saedoctor.metrics import MetricSuite
 from saedoctor.metrics.downstream import Downstream
-from saedoctor.metrics.registry import DENSITIES, GRADED, JACKKNIFE, METRICS
+from saedoctor.metrics.registry import (
+    DENSITIES,
+    GRADED,
+    JACKKNIFE,
+    MEASURED,
+    METRICS,
+    WITHOUT_SKIP,
+)
 from saedoctor.report.fields import GRADED as REPORT_GRADED
 from saedoctor.report.fields import ROWS
+from saedoctor.report.schema import registry_metric_properties
 from saedoctor.sae.codes import Codes
 
 
@@ -24,6 +32,8 @@ def test_every_registered_metric_is_in_the_schema_and_the_report_rows() -> None:
     properties = schema["$defs"]["metrics"]["properties"]
     missing = [m.key for m in METRICS if m.key not in properties]
     assert not missing, missing
+    # the shipped schema says what the registry declares (the validator uses the latter)
+    assert {m.key: properties[m.key] for m in METRICS} == registry_metric_properties()
     assert [row.key for row in ROWS] == [m.key for m in METRICS]
     assert REPORT_GRADED == GRADED
 
@@ -53,3 +63,14 @@ def test_every_metric_declared_with_an_interval_gets_one() -> None:
     intervals = {**suite.compute()["intervals"], **down.compute()["downstream_intervals"]}
     declared = [m.key for m in METRICS if m.interval in (JACKKNIFE, DENSITIES)]
     assert [k for k in declared if k not in intervals] == []
+
+
+def test_the_suite_measures_exactly_the_registered_token_metrics() -> None:
+    suite = MetricSuite(4, 8, without_skip=True)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    codes = Codes(torch.rand(16, 8, generator=torch.Generator().manual_seed(2)), None, 8)
+    suite.update(x, 0.9 * x, codes, torch.arange(16) // 4, x_hat_without_skip=0.8 * x)
+    measured = suite.measured_keys()
+    assert set(measured) == set(MEASURED) | {k + "_without_skip" for k in WITHOUT_SKIP}
+    values = suite.compute(W_dec=torch.randn(8, 4, generator=torch.Generator().manual_seed(3)))
+    assert [k for k in measured if values.get(k) is None] == []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ctrl_c_at
 
 from saedoctor.errors import InputError
 from saedoctor.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -15,16 +16,6 @@ from saedoctor.train.config import TrainConfig
 from saedoctor.train.trainer import TrainingInterrupted, train, train_on_activations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _ctrl_c_at(step: int):
-    """An on_step hook that sends this process a real SIGINT (what Ctrl-C does) at `step`."""
-
-    def hook(trainer) -> None:
-        if trainer.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return hook
 
 
 def _assert_same_saes(a, b) -> None:
@@ -56,7 +47,7 @@ def test_in_memory_run_interrupted_by_ctrl_c_resumes_to_the_same_weights(tmp_pat
     # Whatever SIGINT's disposition was (a job started in the background inherits it ignored).
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as err:
-        train_on_activations(cfg, x, out, on_step=_ctrl_c_at(23))
+        train_on_activations(cfg, x, out, on_step=ctrl_c_at(23))
     assert err.value.step == 23 and (out / CHECKPOINT_FILE).is_file()
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     resumed = train_on_activations(cfg, x, out, resume=True)
@@ -100,7 +91,7 @@ def test_model_run_resumes_mid_pool_and_across_epochs(tiny_llama_dir, text_corpu
     reference = train(cfg, tmp_path / "ref", quiet=True)
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(cfg, out, quiet=True, on_step=_ctrl_c_at(31))
+        train(cfg, out, quiet=True, on_step=ctrl_c_at(31))
     state = load_checkpoint(out)
     assert state["progress"]["step"] == 31 and state["progress"]["used"] > 0
     resumed = train(None, out, resume=True, quiet=True)
@@ -120,7 +111,7 @@ def test_periodic_checkpoints_and_cli_resume(tiny_llama_dir, text_corpus, tmp_pa
     reference = train(cfg, tmp_path / "ref", quiet=True)
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(cfg, out, quiet=True, on_step=_ctrl_c_at(17), keep_checkpoint=True)
+        train(cfg, out, quiet=True, on_step=ctrl_c_at(17), keep_checkpoint=True)
     # starting afresh over an unfinished run is refused; --resume continues it
     again = CliRunner().invoke(app, ["train", "--out", str(out), "--model", str(tiny_llama_dir)])
     assert again.exit_code == 2 and "--resume" in again.output

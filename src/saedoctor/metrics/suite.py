@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from saedoctor.metrics import registry
 from saedoctor.metrics.absorption import AbsorptionSettings, decoder_absorption
 from saedoctor.metrics.blocked import BlockedStats
 from saedoctor.metrics.diversity import Diversity
@@ -29,14 +30,10 @@ from saedoctor.thresholds import (
 
 _CONFIG_KEYS = ("d_in", "d_sae", "always_on_threshold", "dense_threshold", "dead_threshold",
                 "diversity_top", "without_skip", "interval_blocks")  # fmt: skip
-# What `compute` measures from the tokens; all None when no token was seen (every row skipped
-# as non-finite): the caller reports them as not measured rather than as NaN or 0.
-MEASURED_KEYS = ("always_on_count", "dense_count", "dead_count", "dead_pct", "never_fired_count",
-                 "l0", "diversity_top{top}", "variance_explained", "fvu",
-                 "variance_explained_legacy", "mse", "cossim", "l2_ratio",
-                 "relative_reconstruction_bias", "error_share", "absorption")  # fmt: skip
-# A transcoder with a skip term is also measured on its dictionary's part alone.
-WITHOUT_SKIP_KEYS = ("variance_explained", "fvu", "mse", "cossim", "error_share")
+# What `compute` measures from the tokens (metrics/registry.py: `from_tokens`) is all None
+# when no token was seen (every row skipped as non-finite): the caller reports it as not
+# measured rather than as NaN or 0. A transcoder with a skip term is also measured on its
+# dictionary's part alone (`without_skip`).
 WITHOUT_SKIP = "_without_skip"
 
 
@@ -191,13 +188,14 @@ class MetricSuite:
         if self.without_skip is None:
             return {}
         values = self.without_skip.compute()
-        return {k + WITHOUT_SKIP: values[k] for k in WITHOUT_SKIP_KEYS}
+        return {k + WITHOUT_SKIP: values[k] for k in registry.WITHOUT_SKIP}
 
     def measured_keys(self) -> tuple[str, ...]:
         """The keys of `compute` that are measured from tokens (None when none was seen)."""
-        keys = tuple(k.format(top=self.diversity.top) for k in MEASURED_KEYS)
+        diversity = f"diversity_top{self.diversity.top}"
+        keys = tuple(diversity if k == registry.DIVERSITY_KEY else k for k in registry.MEASURED)
         if self.without_skip is not None:
-            keys += tuple(k + WITHOUT_SKIP for k in WITHOUT_SKIP_KEYS)
+            keys += tuple(k + WITHOUT_SKIP for k in registry.WITHOUT_SKIP)
         return keys
 
     def _nothing_seen(self) -> dict[str, Any]:

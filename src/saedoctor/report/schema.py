@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from saedoctor.errors import InputError
+from saedoctor.metrics.registry import METRICS
 
 _JSON_TYPES = {
     dict: "object", list: "array", str: "string", bool: "boolean",
@@ -23,8 +24,16 @@ def report_validator() -> Draft202012Validator:
     """Built once: the schema ships as package data, so it cannot change under us."""
     text = resources.files("saedoctor").joinpath("data/report.schema.json").read_text()
     schema = json.loads(text)
+    # A registered metric's property is the registry's (tests/test_metric_registry.py keeps
+    # the shipped file equal to it, for readers of the schema).
+    schema["$defs"]["metrics"]["properties"].update(registry_metric_properties())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+def registry_metric_properties() -> dict[str, Any]:
+    """The JSON Schema property of every registered metric."""
+    return {m.key: m.schema() for m in METRICS}
 
 
 def validate_report(document: Any, source: str) -> None:
