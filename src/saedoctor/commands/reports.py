@@ -44,18 +44,44 @@ def report_command(
     md: Annotated[Path | None, typer.Option("--md", help="write Markdown here")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="write HTML here")] = None,
     terminal: Annotated[bool, typer.Option("--terminal", help="print the terminal view")] = False,
+    feature: Annotated[int | None, typer.Option(
+        "--feature", help="print this feature's card (each SAE that has one) instead")] = None,
+    sae: Annotated[str | None, typer.Option(
+        "--sae", help="with --feature: only this SAE (name, name prefix or index)")] = None,
     fail_on: FailOn = None,
-) -> None:
+) -> None:  # fmt: skip
     """Re-render a report (terminal, Markdown, HTML) from its JSON without recomputing."""
     from saedoctor.report.document import read_report
 
     with handled_errors():
         check_fail_level(fail_on)
+        if sae is not None and feature is None:
+            raise InputError("--sae: only with --feature F (which SAE's card to print)")
         document = read_report(run_json)
+        found = None if feature is None else _find_cards(document, feature, sae, str(run_json))
         write_views(document, md, html)
-        if terminal or (md is None and html is None):
+        if found is not None:
+            _print_cards(found)
+        elif terminal or (md is None and html is None):
             print_terminal(document)
     exit_if_gated(document, fail_on)
+
+
+def _find_cards(document: dict, feature: int, sae: str | None, source: str) -> list:
+    """Before any view is written: a missing card is bad input (exit 2), nothing written."""
+    from saedoctor.report.cards import find_cards
+
+    return find_cards(document, feature, sae, source)
+
+
+def _print_cards(found: list) -> None:
+    from rich.console import Console
+
+    from saedoctor.report.cards_terminal import print_card
+
+    console = Console()
+    for cards, card in found:
+        print_card(cards, card, console)
 
 
 def compare_command(

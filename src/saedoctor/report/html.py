@@ -9,7 +9,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from saedoctor.report import plots, sections
+from saedoctor.report import cards_html, plots, sections
+from saedoctor.report.cards import EntryCards, dense_table, entry_cards
 from saedoctor.report.compare_tables import layer_table, side_by_side_table
 from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import (
@@ -67,16 +68,21 @@ def status_class(status: str | None) -> str:
     return f"st-{status.replace(' ', '-')}" if status else ""
 
 
-def html_table(table: sections.Table) -> str:
+def html_table(table: sections.Table, cards: EntryCards | None = None) -> str:
+    """`cards`: the entry's feature cards, so the feature ids a cell names link to them."""
     head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
     body = "".join(
         "<tr>" + "".join(
-            f'<td class="{status_class(c.status)}">{escape(c.text)}</td>' if c.status
-            else f"<td>{escape(c.text)}</td>" for c in row) + "</tr>"
+            f'<td class="{status_class(c.status)}">{cell_html(c, cards)}</td>' if c.status
+            else f"<td>{cell_html(c, cards)}</td>" for c in row) + "</tr>"
         for row in table.rows)
     note = f'<p class="note">{escape(table.note)}</p>' if table.note else ""
     return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>{note}")
+
+
+def cell_html(cell: sections.Cell, cards: EntryCards | None) -> str:
+    return cards_html.link_ids(escape(cell.text), cell.ids, cards)
 
 
 def slug(text: str) -> str:
@@ -97,10 +103,11 @@ class Plots:
         return f'<div class="sd-plot sd-plot-{kind}" data-plot="{div_id}">{inner}</div>'
 
 
-def html_diagnoses(diagnoses: list[dict[str, Any]]) -> str:
+def html_diagnoses(diagnoses: list[dict[str, Any]], cards: EntryCards | None = None) -> str:
     out = []
     for d in diagnoses:
-        evidence = "".join(f"<li>{escape(e)}</li>" for e in d.get("evidence") or [])
+        evidence = "".join(f"<li>{cards_html.link_mentions(escape(e), cards)}</li>"
+                           for e in d.get("evidence") or [])  # fmt: skip
         rx = "".join(f"<li>{escape(prescription_text(p))}</li>"
                      for p in d.get("prescriptions") or [])
         out.append(
@@ -120,28 +127,32 @@ def nonfinite_html(entry: dict[str, Any]) -> list[str]:
 
 def html_sae(document: dict[str, Any], entry: dict[str, Any], index: int, figs: Plots) -> str:
     grade_cls = status_class(grade_status(grade_of(entry)))
+    cards = entry_cards(entry, index)
     parts = [
         f'<section class="sae" id="sae-{index}"><h2>{escape(entry["name"])}</h2>',
         f'<p class="meta">{escape(site_text(entry))}</p>',
         f'<p class="meta">{escape(config_text(entry))}</p>',
         f'<p class="grade {grade_cls}">{escape(grade_text(entry))}</p>',
         *nonfinite_html(entry),
-        '<div class="grid"><div>', html_table(sections.metric_table(entry)), "</div><div>",
+        '<div class="grid"><div>', html_table(sections.metric_table(entry), cards), "</div><div>",
         figs.div(plots.bands_figure(document, entry), "bands"), "</div></div>",
         figs.div(plots.density_histogram_figure(entry, document["run"]), "density"),
     ]
     explanations = sections.explanation_table(entry)
     if explanations:
-        parts += ["<h3>Always-on features explained</h3>", html_table(explanations)]
+        parts += ["<h3>Always-on features explained</h3>", html_table(explanations, cards)]
+    dense = dense_table(cards)
+    if dense:
+        parts += ["<h3>Dense latents</h3>", html_table(dense, cards)]
     if entry.get("diagnoses"):
-        parts += ["<h3>Diagnoses</h3>", html_diagnoses(entry["diagnoses"])]
+        parts += ["<h3>Diagnoses</h3>", html_diagnoses(entry["diagnoses"], cards)]
     prescriptions = sections.prescription_table(entry.get("prescriptions") or [])
     if prescriptions:
         parts += ["<h3>Prescriptions</h3>", html_table(prescriptions)]
     comparison = sections.corpus_table(entry, document["run"].get("corpus"))
     if comparison:
         parts += ["<h3>Corpus comparison</h3>", html_table(comparison)]
-    return "".join(parts) + "</section>"
+    return "".join(parts) + cards_html.browser_section(cards) + "</section>"
 
 
 def html_overview(document: dict[str, Any], figs: Plots) -> str:
@@ -168,7 +179,7 @@ def page(title: str, body: str) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style>"
+        f"<title>{escape(title)}</title><style>{CSS}{cards_html.CSS}</style>"
         f'<script type="text/javascript">{plotly_js()}</script></head>'
         f"<body><main>{body}"
         "<footer>Rendered by saedoctor from the run's JSON report; works offline.</footer>"
@@ -194,4 +205,6 @@ def render_html(document: dict[str, Any]) -> str:
     body += [f'<section class="clt"><h2>{escape(title)}</h2>{html_table(table)}</section>'
              for title, table in sections.clt_tables(document)]
     body.append(html_sweep(document))
+    if any((e.get("cards") or {}).get("features") for e in document["saes"]):
+        body.append(f"<script>{cards_html.SCRIPT}</script>")
     return page(f"saedoctor report: {model}", "".join(body))

@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from saedoctor.report import sections
+from saedoctor.report.cards import (
+    Card,
+    EntryCards,
+    class_text,
+    context_text,
+    dense_table,
+    density_text,
+    entry_cards,
+    visible_token,
+)
 from saedoctor.report.compare_tables import layer_table, side_by_side_table
 from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import config_text, grade_text, prescription_text, site_text
@@ -55,7 +65,43 @@ def md_diagnoses(diagnoses: list[dict[str, Any]], level: str = "####") -> list[s
     return out
 
 
-def md_sae(entry: dict[str, Any], corpus: str | None = None) -> list[str]:
+def md_token(token: str) -> str:
+    """A token inside running text: newlines visible, nothing that starts emphasis or a link."""
+    text = md_escape(token.replace("&", "&amp;").replace("\n", "↵"))
+    for raw in ("*", "_", "[", "]"):
+        text = text.replace(raw, "\\" + raw)
+    return text
+
+
+def md_focus(token: str) -> str:
+    """**bold**, its surrounding spaces outside the stars (Markdown ignores '** x**')."""
+    core = token.strip(" ")
+    if not core:
+        return f"**{visible_token(token)}**"
+    lead, trail = token[: len(token) - len(token.lstrip(" "))], token[len(token.rstrip(" ")) :]
+    return f"{lead}**{md_token(core)}**{trail}"
+
+
+def md_card(cards: EntryCards, card: Card) -> str:
+    """One line: the feature, why it has a card, its density and top context."""
+    facts = [", ".join(card.why) or "–", f"density {density_text(card)}"]
+    cls = class_text(cards, card)
+    facts += [md_escape(cls)] if cls else []
+    top = card.top_contexts[0] if card.top_contexts else None
+    text = context_text(top, md_focus, md_token).strip() if top else "_no context recorded_"
+    return f"- feature {card.feature} ({'; '.join(facts)}): {text}"
+
+
+def md_cards(entry: dict[str, Any], index: int) -> list[str]:
+    cards = entry_cards(entry, index)
+    dense = dense_table(cards)
+    out = ["", "### Dense latents", "", md_table(dense)] if dense else []
+    if cards.cards:
+        out += ["", "### Feature cards", "", *(md_card(cards, c) for c in cards.cards)]
+    return out
+
+
+def md_sae(entry: dict[str, Any], corpus: str | None = None, index: int = 0) -> list[str]:
     out = ["", f"## {md_escape(entry['name'])}", "", md_escape(site_text(entry)) + "  ",
            md_escape(config_text(entry)), "", "### Metrics", "",
            md_table(sections.metric_table(entry)), "", f"**{md_escape(grade_text(entry))}**"]
@@ -73,7 +119,7 @@ def md_sae(entry: dict[str, Any], corpus: str | None = None) -> list[str]:
     comparison = sections.corpus_table(entry, corpus)
     if comparison:
         out += ["", "### Corpus comparison", "", md_table(comparison)]
-    return out
+    return out + md_cards(entry, index)
 
 
 def md_overview(document: dict[str, Any]) -> list[str]:
@@ -98,8 +144,8 @@ def render_markdown(document: dict[str, Any]) -> str:
     out += [f"- {md_escape(line)}" for line in sections.run_lines(document)]
     if len(document["saes"]) > 1:
         out += md_overview(document)
-    for entry in document["saes"]:
-        out += md_sae(entry, document["run"].get("corpus"))
+    for index, entry in enumerate(document["saes"]):
+        out += md_sae(entry, document["run"].get("corpus"), index)
     tset = sections.transcoder_set_table(document)
     if tset is not None:
         out += ["", f"## {sections.SET_TITLE.capitalize()}", "", md_table(tset)]

@@ -23,6 +23,7 @@ from saedoctor.thresholds import INTERVAL_LEVEL
 class Cell:
     text: str
     status: str | None = None  # excellent|good|warning|critical|not measured: drives colour
+    ids: tuple[int, ...] = ()  # feature ids the text names: the HTML links each to its card
 
 
 @dataclass
@@ -89,7 +90,8 @@ def metric_table(entry: dict[str, Any]) -> Table:
             if row.key in graded_as else ""
         interval = [Cell(interval_text(intervals.get(row.key), row.fmt)
                          + reach_text(entry, row.key)) for _ in shown]  # fmt: skip
-        table.rows.append([Cell(row.label), Cell(format_value(value, row.fmt), status),
+        ids = tuple(value) if row.fmt == "ids" and isinstance(value, list) else ()
+        table.rows.append([Cell(row.label), Cell(format_value(value, row.fmt), status, ids),
                            *interval, Cell(status or "", status), Cell(note)])
     method = (entry.get("intervals") or {}).get("method")
     if method:
@@ -151,13 +153,13 @@ def explanation_table(entry: dict[str, Any]) -> Table | None:
         if ex.get("is_bias_direction"):
             cos += " (bias direction)"
         table.rows.append([
-            Cell(str(ex["feature"])),
+            Cell(str(ex["feature"]), ids=(ex["feature"],)),
             Cell(percent(ex.get("density"), 1), "critical"),
             Cell(format_value(ex.get("mean_activation"), "g4")),
             Cell(cos, "warning" if ex.get("is_bias_direction") else None),
             Cell(percent(ex.get("reconstruction_share"), 1)),
             Cell(f"{partner['feature']} (enc. cos {format_value(partner.get('encoder_cos'), 'f2')})"
-                 if partner else "none"),
+                 if partner else "none", ids=(partner["feature"],) if partner else ()),
             Cell(tokens_text(ex.get("strongest_tokens"))),
             Cell(tokens_text(ex.get("weakest_tokens"))),
         ])

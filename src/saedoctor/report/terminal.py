@@ -11,10 +11,12 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from saedoctor.report import sections
+from saedoctor.report.cards import IDS_LISTED, dense_table, entry_cards
 from saedoctor.report.compare_tables import layer_table, side_by_side_table
 from saedoctor.report.comparison import compare_reports
 from saedoctor.report.fields import (
     config_text,
+    format_value,
     grade_of,
     grade_status,
     grade_text,
@@ -59,7 +61,19 @@ def print_diagnoses(diagnoses: list[dict[str, Any]], console: Console) -> None:
             console.print(Text("  → " + prescription_text(p), style="green"))
 
 
-def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None) -> None:
+def print_cards_summary(entry: dict[str, Any], index: int, console: Console) -> None:
+    """The dense-latent table and which features have cards (`--feature F` prints one)."""
+    cards = entry_cards(entry, index)
+    dense = dense_table(cards)
+    if dense:
+        show(console, dense, "dense latents")
+    if cards.cards:
+        ids = format_value([c.feature for c in cards.cards], "ids", IDS_LISTED)
+        console.print(Text(f"feature cards: {ids} (saedoctor report … --feature F)"))
+
+
+def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None,
+              index: int = 0) -> None:  # fmt: skip
     console.print(Rule(Text(entry["name"], style="bold")))
     console.print(Text(site_text(entry)))
     console.print(Text(config_text(entry)))
@@ -81,6 +95,7 @@ def print_sae(entry: dict[str, Any], console: Console, corpus: str | None = None
     comparison = sections.corpus_table(entry, corpus)
     if comparison:
         show(console, comparison, "corpus comparison")
+    print_cards_summary(entry, index, console)
 
 
 def print_overview(document: dict[str, Any], console: Console) -> None:
@@ -106,8 +121,8 @@ def print_report(document: dict[str, Any], console: Console | None = None) -> No
         console.print(Text(line))
     if len(document["saes"]) > 1:
         print_overview(document, console)
-    for entry in document["saes"]:
-        print_sae(entry, console, document["run"].get("corpus"))
+    for index, entry in enumerate(document["saes"]):
+        print_sae(entry, console, document["run"].get("corpus"), index)
     tset = sections.transcoder_set_table(document)
     if tset is not None:  # a rule, not a table title: a title wraps to the narrow table
         console.print(Rule(Text(sections.SET_TITLE, style="bold")))
