@@ -25,17 +25,13 @@ from torch import nn
 from saedoctor.activations.sites import (
     INPUT_KINDS,
     _first_tensor,
-    _get_path,
     decoder_blocks,
     module_input,
     site_module,
     with_module_input,
 )
+from saedoctor.activations.unembed import final_norm_and_head
 from saedoctor.sae.site import Site
-
-_FINAL_NORMS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
-                "gpt_neox.final_layer_norm")  # fmt: skip
-_HEADS = ("lm_head", "embed_out")
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,7 @@ class Splicer:
         self.sites = tuple(dict.fromkeys(sites))
         self.blocks = decoder_blocks(model)
         self.first = min(start_block(s) for s in self.sites)
-        self.norm = next((m for p in _FINAL_NORMS if (m := _get_path(model, p)) is not None), None)
-        self.head = next((m for p in _HEADS if (m := _get_path(model, p)) is not None), None)
+        self.norm, self.head = final_norm_and_head(model)
         self.resumable: bool | None = None if self.norm and self.head else False
         self._inputs: dict[int, tuple[tuple, dict]] = {}
         self._acts: dict[Site, torch.Tensor] = {}

@@ -17,7 +17,7 @@ import torch
 
 from saedoctor.activations.splice import Replacer, Splicer
 from saedoctor.diagnose.transcoder_set import splice_whole
-from saedoctor.diagnose.units import CLTUnderTest, Rows, SAEUnderTest, new_suite
+from saedoctor.diagnose.units import CLTUnderTest, Rows, SAEUnderTest, new_suite, row_text
 from saedoctor.metrics.downstream import CleanDistribution
 from saedoctor.metrics.finite import RowOrigin, finite_output_rows, finite_rows
 from saedoctor.sae.codes import Codes
@@ -86,7 +86,7 @@ def encode_clt(group: CLTUnderTest, members: list[SAEUnderTest],
         layer = unit.sae.site.layer  # type: ignore[union-attr]
         _count_skips(unit, x_ok, out_ok, where, where_in)
         y = ys[layer] if x_ok is None else ys[layer][x_ok]
-        rows = Rows(y, y_hats[layer], codes[layer], ids)
+        rows = Rows(y, y_hats[layer], codes[layer], ids, None, *row_text(where_in))
         if out_ok is not None:
             rows = rows.select(out_ok)
         out.append((unit, _full(ys[layer], y_hats[layer], x_ok), kept, rows))

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from saedoctor.diagnose.cards import cards_entry
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.units import SAEUnderTest
 from saedoctor.metrics.absorption import AbsorptionSettings
@@ -31,6 +32,8 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     intervals = intervals_entry(metrics, downstream.pop("downstream_intervals", {}),
                                 downstream.pop("downstream_blocks", None))  # fmt: skip
     metrics.update(downstream)
+    cards = cards_entry(unit, density, mean_activation, intervals["uncertain_features"],
+                        info.get("card_text"), opts)  # fmt: skip
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:
         metrics["first_letter_absorption"] = first_letter["first_letter_absorption"]
@@ -64,6 +67,7 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
         "feature_density": density,
         "feature_mean_activation": mean_activation,
         "intervals": intervals,
+        "cards": cards,
     }
 
 

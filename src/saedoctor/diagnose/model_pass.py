@@ -17,6 +17,7 @@ from saedoctor.diagnose.units import (
     SAEUnderTest,
     Sink,
     output_sites,
+    row_text,
     suite_sink,
     unit_sites,
 )
@@ -65,7 +66,8 @@ class ModelPass:
 
         def step(batch: Any) -> None:
             for sb in site_batches(self.loaded.model, sites, [batch], self.opts.device):
-                where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions)
+                where = RowOrigin(batch.first_sequence, batch.input_ids.shape[1], sb.positions,
+                                  batch.input_ids.reshape(-1)[sb.positions])  # fmt: skip
                 seq_ids = sb.seq_ids + batch.first_sequence  # corpus order: interval blocks
                 for unit in self.units:
                     if unit.clt is None:
@@ -269,7 +271,7 @@ def encode_finite(
         full[x_ok] = x_hat
         target, seq_ids = target[x_ok], seq_ids[x_ok]
         where = None if where is None else where.select(x_ok)
-    rows = Rows(target, x_hat, codes, seq_ids, rest)
+    rows = Rows(target, x_hat, codes, seq_ids, rest, *row_text(where))
     out_ok = finite_output_rows(x_hat, codes)
     if out_ok is not None:
         track.skip("sae_output_rows", ~out_ok, where)
@@ -315,7 +317,8 @@ def downstream_batch(splicer: Any, units: list[SAEUnderTest], batch: Any, device
     del logits
     positions, seq_ids = counted_rows(batch)
     positions, seq_ids = positions.to(device), (seq_ids + batch.first_sequence).to(device)
-    where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions)
+    where = RowOrigin(batch.first_sequence, input_ids.shape[1], positions,
+                      input_ids.reshape(-1)[positions])  # fmt: skip
 
     ablated: dict[Any, tuple] = {}
     spliced = _SpliceContext(splicer, clean, acts, positions, counted, ce_mask, kl_mask,

@@ -72,6 +72,12 @@ class DiagnoseOptions:
         help="the first N tokens of the main pass also measure loss recovered / KL, which "
         "costs most of a run on a CPU; the rest measure every other metric. At least --tokens: "
         "all of them (None in Python: all)", cli_type=int)
+    cards: int = option(
+        64, help="feature cards per SAE (top and random contexts, histogram, logit lens, "
+        "nearest decoder rows) for this many sampled alive features, besides every always-on, "
+        "dense and uncertain one; collected in the main pass. 0: no cards at all")
+    card_features: list[int] = option(
+        [], flag="--card-feature", help="also give a card to this feature (repeatable)")
     first_letter_absorption: bool = option(
         False, help="also measure SAEBench's probe-based first-letter absorption (slow)")
     first_letter_words: int = option(4000, help="words sampled for first-letter absorption")
@@ -123,6 +129,9 @@ class DiagnoseOptions:
             raise InputError(f"--site {self.site!r}: expected one of {', '.join(SITE_KINDS)}")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.cards < 0 or any(f < 0 for f in self.card_features):
+            raise InputError(f"{_flag('cards')} / {_flag('card_features')}: expected a "
+                             "non-negative integer")  # fmt: skip
         if not 0 < self.always_on_threshold <= 1:
             raise InputError("--always-on-threshold: expected a fraction in (0, 1]")
         self.preflight_checks()

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from saedoctor import distributed
+from saedoctor.activations.unembed import logit_lens_unembedding
+from saedoctor.diagnose.cards import CardText
 from saedoctor.diagnose.clt import NAME as CLT_SECTION
 from saedoctor.diagnose.clt import clt_entry, clt_groups, shadow_units
 from saedoctor.diagnose.model_pass import ModelPass, feed
@@ -55,6 +57,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest], loaded_model:
     _require_tokens(info, opts.corpus)
     extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
+    if opts.cards or opts.card_features:
+        extras["card_text"] = CardText(loaded.tokenizer, logit_lens_unembedding(loaded.model))
     if tset is not None:
         extras["transcoder_set"] = set_entry(tset)
     if groups:

@@ -13,6 +13,7 @@ from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.errors import InputError
 from saedoctor.metrics.clt import CLTReconstruction
 from saedoctor.metrics.downstream import Downstream
+from saedoctor.metrics.finite import RowOrigin
 from saedoctor.metrics.suite import MetricSuite
 from saedoctor.sae.clt import CrossLayerTranscoder
 from saedoctor.sae.codes import Codes
@@ -66,11 +67,25 @@ class Rows:
     codes: Codes
     seq_ids: torch.Tensor
     x_hat_without_skip: torch.Tensor | None = None
+    # each row's position in its sequence and its token: what feature cards show (None on
+    # cached activations, which carry no text)
+    positions: torch.Tensor | None = None
+    token_ids: torch.Tensor | None = None
 
     def select(self, keep: torch.Tensor) -> Rows:
-        rest = None if self.x_hat_without_skip is None else self.x_hat_without_skip[keep]
-        return Rows(self.x[keep], self.x_hat[keep], self.codes.select(keep),
-                    self.seq_ids[keep], rest)  # fmt: skip
+        def kept(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[keep]
+
+        return Rows(self.x[keep], self.x_hat[keep], self.codes.select(keep), self.seq_ids[keep],
+                    kept(self.x_hat_without_skip), kept(self.positions),
+                    kept(self.token_ids))  # fmt: skip
+
+
+def row_text(where: RowOrigin | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(positions, token ids) of the rows `where` locates, or Nones when it holds no tokens."""
+    if where is None or where.token_ids is None:
+        return None, None
+    return where.positions(), where.token_ids
 
 
 # A sink receives, per dictionary and batch, the unit and its rows.
@@ -141,7 +156,8 @@ def new_suite(sae: SAE, opts: DiagnoseOptions) -> MetricSuite:
     """The metrics of one dictionary, measured against what its decoder writes."""
     return MetricSuite(sae.cfg.d_target, sae.cfg.d_sae,
                        always_on_threshold=opts.always_on_threshold,
-                       without_skip=sae.W_skip is not None)  # fmt: skip
+                       without_skip=sae.W_skip is not None,
+                       cards=opts.cards > 0 or bool(opts.card_features))  # fmt: skip
 
 
 def unit_sites(units: list[SAEUnderTest]) -> list:
@@ -159,7 +175,8 @@ def output_sites(units: list[SAEUnderTest]) -> list:
 
 
 def suite_sink(unit: SAEUnderTest, rows: Rows) -> None:
-    unit.suite.update(rows.x, rows.x_hat, rows.codes, rows.seq_ids, rows.x_hat_without_skip)
+    unit.suite.update(rows.x, rows.x_hat, rows.codes, rows.seq_ids, rows.x_hat_without_skip,
+                      positions=rows.positions, token_ids=rows.token_ids)  # fmt: skip
     if unit.clt is not None:  # the same rows: one mask for every layer of a CLT
         unit.clt.suite.update(unit.sae.output_site.layer, rows.x, rows.x_hat)
 

@@ -31,9 +31,15 @@ class RowOrigin:
     first_sequence: int
     context: int
     flat: torch.Tensor
+    token_ids: torch.Tensor | None = None  # each row's token, when the rows come from text
 
     def select(self, rows: torch.Tensor) -> RowOrigin:
-        return RowOrigin(self.first_sequence, self.context, self.flat[rows])
+        tokens = None if self.token_ids is None else self.token_ids[rows]
+        return RowOrigin(self.first_sequence, self.context, self.flat[rows], tokens)
+
+    def positions(self) -> torch.Tensor:
+        """Each row's position in its sequence."""
+        return self.flat % self.context
 
     def locate(self, rows: torch.Tensor) -> torch.Tensor:
         """`[m, 2]` int64 (sequence, position) of the selected rows, in row order."""

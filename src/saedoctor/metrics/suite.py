@@ -14,6 +14,7 @@ import torch
 from saedoctor.metrics import registry
 from saedoctor.metrics.absorption import AbsorptionSettings, decoder_absorption
 from saedoctor.metrics.blocked import BlockedStats
+from saedoctor.metrics.cards import FeatureCards
 from saedoctor.metrics.diversity import Diversity
 from saedoctor.metrics.features import FeatureStats
 from saedoctor.metrics.finite import NonFinite
@@ -29,7 +30,7 @@ from saedoctor.thresholds import (
 )
 
 _CONFIG_KEYS = ("d_in", "d_sae", "always_on_threshold", "dense_threshold", "dead_threshold",
-                "diversity_top", "without_skip", "interval_blocks")  # fmt: skip
+                "diversity_top", "without_skip", "interval_blocks", "cards")  # fmt: skip
 # What `compute` measures from the tokens (metrics/registry.py: `from_tokens`) is all None
 # when no token was seen (every row skipped as non-finite): the caller reports it as not
 # measured rather than as NaN or 0. A transcoder with a skip term is also measured on its
@@ -61,10 +62,12 @@ class MetricSuite:
         diversity_top: int = 10,
         without_skip: bool = False,
         interval_blocks: int = INTERVAL_BLOCKS,
+        cards: bool = False,
     ) -> None:
         """`d_in` is the width of what is reconstructed (a transcoder's output);
         `without_skip` also measures the reconstruction without a transcoder's skip term;
-        `interval_blocks` sequence blocks give every metric its interval."""
+        `interval_blocks` sequence blocks give every metric its interval; `cards` also
+        collects what every feature's card shows (metrics/cards.py), from rows with text."""
         self.d_in, self.d_sae = d_in, d_sae
         self.features = _SuiteFeatures(d_sae, always_on_threshold, dense_threshold,
                                        dead_threshold)  # fmt: skip
@@ -73,24 +76,29 @@ class MetricSuite:
         self.without_skip = Reconstruction(d_in) if without_skip else None
         self.nonfinite = NonFinite()
         self.blocked = BlockedStats(d_in, d_sae, interval_blocks)
+        self.cards = FeatureCards(d_sae, d_in) if cards else None
 
     @property
     def config(self) -> dict[str, float]:
         f = self.features
         values = (self.d_in, self.d_sae, f.always_on_threshold, f.dense_threshold,
                   f.dead_threshold, self.diversity.top,
-                  int(self.without_skip is not None), self.blocked.n_blocks)  # fmt: skip
+                  int(self.without_skip is not None), self.blocked.n_blocks,
+                  int(self.cards is not None))  # fmt: skip
         return dict(zip(_CONFIG_KEYS, values, strict=True))
 
     @torch.no_grad()
     def update(
         self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor,
-        x_hat_without_skip: torch.Tensor | None = None,
+        x_hat_without_skip: torch.Tensor | None = None, *,
+        positions: torch.Tensor | None = None, token_ids: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
         """Add one batch of counted tokens; each sequence must lie wholly in one batch, and
         `seq_ids` are the sequences' indices in the corpus order (they pick each sequence's
         interval block: the same sequence, the same block, on any rank). `x` is
-        the target (a transcoder's: the MLP output), `x_hat` the dictionary's whole output."""
+        the target (a transcoder's: the MLP output), `x_hat` the dictionary's whole output;
+        `positions` and `token_ids` (each row's place in its sequence, and its token) feed
+        the cards, when collected (rows without them, cached activations, feed none)."""
         self._check(x, x_hat, codes, seq_ids)
         if (self.without_skip is None) != (x_hat_without_skip is None):
             raise ValueError("x_hat_without_skip: give it exactly when the suite measures it")
@@ -105,6 +113,8 @@ class MetricSuite:
         blocks.update_features(row_block.to(entries.feats.device), codes, entries)
         sequences, distinct = self.diversity.update(codes, seq_ids)
         blocks.update_diversity(blocks.blocks_of(sequences).to(distinct.device), distinct)
+        if self.cards is not None and positions is not None and token_ids is not None:
+            self.cards.update(x, codes, seq_ids, positions, token_ids)
 
     def _check(
         self, x: torch.Tensor, x_hat: torch.Tensor, codes: Codes, seq_ids: torch.Tensor
@@ -133,6 +143,8 @@ class MetricSuite:
             self.without_skip.merge(other.without_skip)
         self.nonfinite.merge(other.nonfinite)
         self.blocked.merge(other.blocked)
+        if self.cards is not None:
+            self.cards.merge(other.cards)
         return self
 
     def compute(
@@ -228,6 +240,8 @@ class MetricSuite:
             d |= self.without_skip.state_dict("without_skip.")
         d |= self.nonfinite.state_dict("nonfinite.")
         d |= self.blocked.state_dict("blocked.")
+        if self.cards is not None:
+            d |= self.cards.state_dict("cards.")
         return d
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
@@ -243,6 +257,8 @@ class MetricSuite:
             self.without_skip.load_state_dict(d, "without_skip.")
         self.nonfinite.load_state_dict(d, "nonfinite.")
         self.blocked.load_state_dict(d, "blocked.")
+        if self.cards is not None:
+            self.cards.load_state_dict(d, "cards.")
 
 
 def _config_tensor(v: float) -> torch.Tensor:
