@@ -4,6 +4,7 @@ logit lens and the nearest decoder rows; and which features get a card."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import random_sae, saved_sae
 
 from saedoctor.diagnose import DiagnoseOptions, diagnose
 from saedoctor.diagnose.cards import MAX_FLAGGED_CARDS, choose_features, trimmed
+from saedoctor.report.schema import validate_report
 from saedoctor.sae.site import Site
 
 LAYER = 1
@@ -147,3 +149,45 @@ def test_the_unembedding_folds_the_final_norm_weight(tiny_llama_dir) -> None:
         model.model.norm.weight.copy_(torch.rand(64, generator=torch.Generator().manual_seed(0)))
     expected = model.lm_head.weight.detach().T * model.model.norm.weight.detach()[:, None]
     assert torch.allclose(logit_lens_unembedding(model), expected)
+
+
+def test_dense_latents_carry_the_taxonomy_numbers_of_the_tokens(tiny_llama_dir, tmp_path) -> None:
+    from conftest import TINY_TEXT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(TINY_TEXT * 40))
+    opts = DiagnoseOptions(model=str(tiny_llama_dir), corpus=str(corpus), tokens=1024,
+                           context=32, batch_size=4, quiet=True, downstream=False,
+                           preflight="none", cards=4)  # fmt: skip
+    x, where, _, _ = _reference(tiny_llama_dir, opts)
+    sae = random_sae(64, 128, architecture="relu", site=Site(LAYER), seed=7)
+    with torch.no_grad():
+        sae.b_enc += 0.3  # planted: many features fire on most tokens
+        sae.W_enc[:, 0] = 0.0  # feature 0 fires on every token with activation 1 ...
+        sae.b_enc[0] = 1.0
+        sae.W_dec[0] = x.mean(0).float() / x.mean(0).norm()  # ... and writes the mean
+    opts.saes = [str(saved_sae(tmp_path / "sae", sae))]
+    report = diagnose(opts)
+    validate_report(json.loads(json.dumps(report)), "the report")
+    entry = report["saes"][0]
+    dense = {d["feature"]: d for d in entry["dense_latents"]}
+    assert dense[0]["class"] == "mean_direction"
+    assert dense[0]["evidence"]["mean_cosine"] == pytest.approx(1.0, abs=1e-4)
+    sae.requires_grad_(False)
+    f = torch.relu((x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double())
+    pos = where[:, 1].double()
+    first = torch.ones(len(where), dtype=torch.bool)
+    first[1:] = where[1:, 0] != where[:-1, 0]  # the first counted row of each sequence
+    checked = 0
+    for feature, d in dense.items():
+        col = f[:, feature]
+        if feature == 0 or col.std() == 0:
+            continue
+        r = torch.corrcoef(torch.stack((col, pos)))[0, 1]
+        assert d["evidence"]["position_corr"] == pytest.approx(float(r), abs=1e-5)
+        share = float(((col > 0) & first).sum().double() / (col > 0).sum().double())
+        assert d["evidence"]["first_token_share"] == pytest.approx(share, abs=1e-9)
+        checked += 1
+    assert checked >= 3 and len(dense) == int(((f > 0).double().mean(0) > 0.1).sum())
+    card_classes = {c["feature"]: c["class"] for c in entry["cards"]["features"]}
+    assert card_classes[0] == "mean_direction"

@@ -58,3 +58,21 @@ def test_two_saes_on_one_hook_stay_apart() -> None:
     result = always_on_filter(document)["always_on"]
     assert [f["id"] for f in result["blocks.10.hook_resid_post"]["features"]] == [389]
     assert [f["id"] for f in result[twin["name"]]["features"]] == [7]
+
+
+def test_the_filter_carries_each_feature_dense_latent_class() -> None:
+    # invented entry: two always-on features, one classified as a position latent
+    entry = {"name": "s", "site": {"hook_name": "blocks.3.hook_resid_post", "layer": 3,
+                                   "kind": "resid_post"},
+             "metrics": {"always_on_features": [4, 9]}, "feature_density": [0.0] * 4 + [0.9]
+             + [0.0] * 4 + [0.85],
+             "dense_latents": [{"feature": 4, "density": 0.9, "class": "position",
+                                "evidence": {}},
+                               {"feature": 9, "density": 0.85, "class": None, "evidence": {}}]}
+    document = {"run": {"options": {}}, "saes": [entry]}
+    features = always_on_filter(document)["always_on"]["blocks.3.hook_resid_post"]["features"]
+    assert features == [{"id": 4, "density": 0.9, "class": "position"},
+                        {"id": 9, "density": 0.85, "class": None}]
+    del entry["dense_latents"]  # an older report: no class key at all
+    features = always_on_filter(document)["always_on"]["blocks.3.hook_resid_post"]["features"]
+    assert features == [{"id": 4, "density": 0.9}, {"id": 9, "density": 0.85}]

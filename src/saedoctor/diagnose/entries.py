@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from saedoctor.diagnose.cards import cards_entry
+from saedoctor.diagnose.dense_latents import dense_latents_entry, with_classes
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.units import SAEUnderTest
 from saedoctor.metrics.absorption import AbsorptionSettings
@@ -32,8 +33,12 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     intervals = intervals_entry(metrics, downstream.pop("downstream_intervals", {}),
                                 downstream.pop("downstream_blocks", None))  # fmt: skip
     metrics.update(downstream)
+    card_text = info.get("card_text")
     cards = cards_entry(unit, density, mean_activation, intervals["uncertain_features"],
-                        info.get("card_text"), opts)  # fmt: skip
+                        card_text, opts)  # fmt: skip
+    dense = None if card_text is None else dense_latents_entry(unit, density,
+                                                                 card_text.unembedding)
+    with_classes(cards, dense)
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:
         metrics["first_letter_absorption"] = first_letter["first_letter_absorption"]
@@ -68,6 +73,7 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
         "feature_mean_activation": mean_activation,
         "intervals": intervals,
         "cards": cards,
+        "dense_latents": dense,
     }
 
 
