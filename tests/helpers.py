@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -111,3 +112,52 @@ def interrupted_and_uninterrupted(cfg, acts, work: Path, step: int = 17):
         r["variance_explained"] for r in reference.history
     ]
     return reference, resumed
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+class OfflinePages:
+    """Pages of one headless Chromium that may read local files only: every other request is
+    blocked and remembered, and console errors are collected."""
+
+    def __init__(self, browser) -> None:
+        self.browser = browser
+        self.errors: list[str] = []
+        self.network: list[str] = []
+
+    def new_page(self):
+        page = self.browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.route("**/*", self._route)
+        return page
+
+    def _route(self, request_route) -> None:  # anything but a file is a leak
+        if request_route.request.url.startswith("file://"):
+            request_route.continue_()
+        else:
+            self.network.append(request_route.request.url)
+            request_route.abort()
+
+    def assert_clean(self) -> None:
+        assert not self.errors, f"console errors: {self.errors}"
+        assert not self.network, f"the page tried to fetch: {self.network}"
+
+
+@contextlib.contextmanager
+def offline_chromium():
+    """OfflinePages on the machine's Chromium (under CI, its absence fails the test); checks
+    on leaving that no page logged an error or fetched anything."""
+    chromium = require_chromium()
+    sync_api = require_module("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        pages = OfflinePages(browser)
+        try:
+            yield pages
+        finally:
+            browser.close()
+    pages.assert_clean()

@@ -42,6 +42,15 @@ def test_no_argument_diagnose_uses_the_shipped_sae_and_reports(tmp_path: Path) -
     assert m["ce_clean"] < m["ce_sae"] < m["ce_ablated"]
     assert entry["grading"]["statuses"]["loss_recovered"]["source"] == "loss_recovered"
     assert entry["config"]["metadata"]["training_corpus"] == "python-docs@train"
+    # Feature cards: every flagged feature and 64 sampled alive ones, with real contexts.
+    cards = entry["cards"]["features"]
+    assert sum("sample" in c["why"] for c in cards) == 64
+    flagged = set(m["always_on_features"]) | {d["feature"] for d in entry["dense_latents"]}
+    assert flagged <= {c["feature"] for c in cards}
+    for card in cards:
+        top = card["top_contexts"]
+        assert top and top[0]["activation"] == max(c["activation"] for c in top)
+        assert top[0]["tokens"][top[0]["focus"]] and card["logit_lens"]["top"]
     # The second run measures the training-data shift on another corpus:
     # the SAE was trained on Python docstrings; Python source code is another domain.
     second = subprocess.run(
@@ -69,4 +78,7 @@ def test_no_argument_diagnose_uses_the_shipped_sae_and_reports(tmp_path: Path) -
     assert fired == expected
     html = (tmp_path / "run.html").read_text()
     assert "python-code@test" in html
+    from test_report_cards_browser import click_a_card_open
+
+    assert click_a_card_open(tmp_path / "run.html").startswith("card-0-")
     assert ("training-data mismatch" in html) == fired
