@@ -191,9 +191,12 @@ def test_filter_hands_circuit_tracer_a_per_layer_exclusion_list_and_mask(
                                       "circuit-tracer", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     listed = json.loads((out / "exclude.json").read_text())
-    # Feature 0 at layers 0 and 2, nothing at layer 1 (no transcoder there): never a union.
-    assert listed["exclude"] == {"0": [{"id": 0, "density": 1.0}], "1": [],
-                                 "2": [{"id": 0, "density": 1.0}]}  # fmt: skip
+    # Feature 0 at layers 0 and 2, nothing at layer 1 (no transcoder there): never a union;
+    # each with the dense-latent class its entry gives it.
+    classes = [{d["feature"]: d["class"] for d in e["dense_latents"]}[0]
+               for e in document["saes"]]  # fmt: skip
+    assert listed["exclude"] == {"0": [{"id": 0, "density": 1.0, "class": classes[0]}], "1": [],
+                                 "2": [{"id": 0, "density": 1.0, "class": classes[1]}]}  # fmt: skip
     mask = load_file(str(out / "exclude_mask.safetensors"))["exclude"]
     assert mask.shape == (N_LAYERS, D_T) and mask.dtype == torch.bool
     assert torch.nonzero(mask).tolist() == [[0, 0], [2, 0]]
