@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import _proc
@@ -34,10 +35,12 @@ TARGET = 1.10
 QUICK_SMALL, QUICK_LARGE = 2_000, 8_000
 
 
-def peak_rss_mib(tokens: int, saes: list[Path], workdir: Path) -> tuple[float, float]:
+def peak_rss_mib(tokens: int, saes: list[Path], workdir: Path, extra: Sequence[str] = ()
+                 ) -> tuple[float, float]:  # fmt: skip
+    """(peak RSS in MiB, wall s) of one diagnosis; `extra`: more diagnose options."""
     report_path = workdir / f"run-{tokens}.json"
     command = [sys.executable, "-m", "saedoctor", "diagnose", "--quiet", "--no-downstream",
-               "--corpus", CORPUS, "--tokens", str(tokens),
+               "--corpus", CORPUS, "--tokens", str(tokens), *extra,
                *[arg for sae in saes for arg in ("--sae", str(sae))],
                "--out", str(report_path)]  # fmt: skip
     done = _proc.check(_proc.run_measured(command, log=workdir / f"run-{tokens}.log"),
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--transcoders", default=None,
                         help="comma-separated blocks: random transcoders there instead")
+    parser.add_argument("--cards", type=int, default=None,
+                        help="diagnose's --cards (default: diagnose's own default)")  # fmt: skip
     _results.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
@@ -70,7 +75,8 @@ def main() -> None:
             saes = [sae]
         runs = {}
         for tokens in (args.small, args.large):
-            peak, seconds = peak_rss_mib(tokens, saes, workdir)
+            cards = () if args.cards is None else ("--cards", str(args.cards))
+            peak, seconds = peak_rss_mib(tokens, saes, workdir, cards)
             runs[str(tokens)] = {
                 "peak_rss_mib": round(peak, 1),
                 "wall_s_one_run": round(seconds, 1),
@@ -80,8 +86,8 @@ def main() -> None:
     verdict = "ok" if ratio <= TARGET else "FAIL"
     print(f"ratio large/small: {ratio:.3f} (target <= {TARGET}): {verdict}")
     payload = {"corpus": CORPUS, "sae": sae_note, "downstream": False, "small": args.small,
-               "large": args.large, "runs": runs, "ratio": round(ratio, 4), "target": TARGET,
-               "ok": ratio <= TARGET}  # fmt: skip
+               "large": args.large, "cards": args.cards, "runs": runs, "ratio": round(ratio, 4),
+               "target": TARGET, "ok": ratio <= TARGET}  # fmt: skip
     name = "transcoder_memory" if args.transcoders else NAME
     _results.write_result(name, payload, _results.out_dir(args), started, quick=args.quick)
 
