@@ -83,6 +83,7 @@ def wall(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     arms = {"cards": ["--cards", str(CARDS)], "no_cards": ["--cards", "0"]}
     rss: dict[str, list[float]] = {arm: [] for arm in arms}
     cards_seen: dict[str, set[int]] = {arm: set() for arm in arms}
+    streamed: set[int] = set()  # tokens each run processed (the corpus may hold fewer)
     count = {"n": 0}
 
     def arm_fn(arm: str) -> Callable[[], float]:
@@ -94,6 +95,7 @@ def wall(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                f"diagnose ({arm})")  # fmt: skip
             rss[arm].append(done.peak_rss_mib)
             cards_seen[arm].add(card_count(report))
+            streamed.add(json.loads(report.read_text())["run"]["tokens_processed"])
             return done.wall_s
 
         return run
@@ -116,6 +118,7 @@ def wall(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "command_cards": _shown(diagnose_cmd(Path("OUT"), *tokens, *arms["cards"])),
         "command_no_cards": _shown(diagnose_cmd(Path("OUT"), *tokens, *arms["no_cards"])),
         "tokens": args.tokens if args.tokens is not None else "default (100000)",
+        "tokens_processed": sorted(streamed),
         "warmup_rounds": warmup,
         "cards_per_report": sorted(cards_seen["cards"]),
         "cards_s": _results.timing(runs["cards"], allow_fewer=reason, digits=2),
