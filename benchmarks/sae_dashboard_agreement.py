@@ -53,6 +53,7 @@ import _peers  # noqa: E402
 import _proc  # noqa: E402
 import _results  # noqa: E402
 import _sae_dashboard_env as peer_env  # noqa: E402
+from saedoctor.diagnose.cards import TokenText  # noqa: E402
 
 NAME = "sae_dashboard_agreement"
 CORPUS = "python-docs@test"
@@ -214,18 +215,6 @@ def run_saedoctor_cards(args: argparse.Namespace, features: list[int], folder: P
 
 
 # -- 5. comparison --------------------------------------------------------------------------
-class Text:
-    """Token ids as saedoctor shows them (`tokenizer.decode([id])`, diagnose/cards.py)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.cache = tokenizer, {}
-
-    def __call__(self, token: int) -> str:
-        if token not in self.cache:
-            self.cache[token] = self.tokenizer.decode([token])
-        return self.cache[token]
-
-
 def peer_top(peer_feature: dict[str, Any]) -> list[tuple[int, int, float]]:
     """SAEDashboard's top examples that fire: with fewer firings than the group's size its
     torch.topk fills the rest with zero activations at arbitrary positions."""
@@ -285,7 +274,7 @@ def outside_default_buffer(top: list[tuple[int, int, float]], context: int) -> i
 
 
 def compare_windows(card: dict[str, Any], ids: torch.Tensor, counted: torch.Tensor,
-                    acts: torch.Tensor, text: Text) -> dict[str, Any]:  # fmt: skip
+                    acts: torch.Tensor, text: TokenText) -> dict[str, Any]:  # fmt: skip
     tokens_equal = focus_equal = True
     worst = 0.0
     for c in card["top_contexts"]:
@@ -301,7 +290,7 @@ def compare_windows(card: dict[str, Any], ids: torch.Tensor, counted: torch.Tens
             "focus_equal": focus_equal, "max_abs_activation_diff": worst}  # fmt: skip
 
 
-def compare_lens(card: dict[str, Any], peer_feature: dict[str, Any], text: Text
+def compare_lens(card: dict[str, Any], peer_feature: dict[str, Any], text: TokenText
                  ) -> dict[str, Any] | None:  # fmt: skip
     lens = card.get("logit_lens")
     if lens is None:
@@ -324,7 +313,7 @@ def compare_feature(
     peer_feature: dict[str, Any],
     acts: torch.Tensor,
     tokens: dict[str, Any],
-    text: Text,
+    text: TokenText,
 ) -> dict[str, Any]:
     top = compare_top(card, peer_feature, acts)
     windows = compare_windows(card, tokens["ids"], tokens["counted"], acts, text)
@@ -342,7 +331,7 @@ def compare_feature(
 
 # -- the lens formula, saedoctor-independent --------------------------------------------------
 @torch.no_grad()
-def lens_formula(hf_model: Any, peer: dict[str, Any], text: Text) -> dict[str, Any]:
+def lens_formula(hf_model: Any, peer: dict[str, Any], text: TokenText) -> dict[str, Any]:
     """SAEDashboard's logit lens against W_dec[f] @ (diag(g_final) W_U^T) minus its mean over
     the vocabulary, in float64 from the HF weights and the SAE file (no saedoctor code)."""
     from safetensors.torch import load_file
@@ -480,7 +469,7 @@ def agreement(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     print(f"features {features}; SAEDashboard {peer_env.PEER_VERSION} ...", file=sys.stderr)
     peer, acts, peer_wall = run_peer(args, model_dir, token_file, features,
                                      tokens["specials"], folder)  # fmt: skip
-    text = Text(tokenizer)
+    text = TokenText(tokenizer)  # token ids as saedoctor's cards show them
     formula = lens_formula(hf_model, peer, text)
     del hf_model
     payload: dict[str, Any] = {
