@@ -11,10 +11,8 @@ number in it is INVENTED for the renderers to have something to draw; none is me
 
 from __future__ import annotations
 
-import html
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from typer.testing import CliRunner
 from saedoctor.cli import app
 from saedoctor.errors import InputError
 from saedoctor.report.cards import entry_cards, find_cards, visible_token
+from saedoctor.report.cards_html import short
 from saedoctor.report.document import write_report
 from saedoctor.report.html import plotly_js, render_html
 from saedoctor.report.markdown import render_markdown
@@ -153,38 +152,12 @@ def visible(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "↵")
 
 
-class Spans(HTMLParser):
-    """Each token span's (class, title, text) inside each card, by card id."""
+CARD_DATA = re.compile(r'<script type="application/json" class="card-data">(.*?)</script>', re.S)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.card: str | None = None
-        self.depth = 0
-        self.span: list[str] | None = None
-        self.tokens: dict[str, list[tuple[str, str, str]]] = {}
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "details" and (a.get("id") or "").startswith("card-"):
-            self.card, self.depth = a["id"], 0
-            self.tokens[self.card] = []
-        if tag == "details" and self.card:
-            self.depth += 1
-        if tag == "span" and self.card and (a.get("class") or "").startswith("tok"):
-            self.span = [a["class"] or "", a.get("title") or "", ""]
-
-    def handle_data(self, data: str) -> None:
-        if self.span is not None:
-            self.span[2] += data
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "span" and self.span is not None and self.card:
-            self.tokens[self.card].append((self.span[0], self.span[1], self.span[2]))
-            self.span = None
-        if tag == "details" and self.card:
-            self.depth -= 1
-            if self.depth == 0:
-                self.card = None
+def card_data(page: str) -> list[dict[str, Any]]:
+    """Each entry's context JSON, as the page's script will parse it."""
+    return [json.loads(blob) for blob in CARD_DATA.findall(page)]
 
 
 def page_without_plotly(document: dict[str, Any]) -> str:
@@ -252,41 +225,56 @@ def test_card_shows_density_class_histogram_and_logit_lens() -> None:
     assert "not measured (no unembedding)" in lensless
 
 
-def test_tokens_are_escaped_visible_and_shaded_by_activation() -> None:
+def test_context_json_round_trips_every_window() -> None:
     document = cards_document()
-    parsed = Spans()
-    parsed.feed(page_without_plotly(document))
-    for index, entry in enumerate(document["saes"]):
+    page = page_without_plotly(document)
+    blocks = CARD_DATA.findall(page)
+    assert len(blocks) == len(document["saes"])
+    for blob in blocks:
+        assert "<" not in blob  # escaped as \u003c: no "</script>" can end the block early
+    for entry, data in zip(document["saes"], card_data(page), strict=True):
+        table = data["tokens"]
+        assert len(set(table)) == len(table)  # each distinct token once
+        assert sorted(data["cards"], key=int) == sorted(
+            (str(c["feature"]) for c in entry["cards"]["features"]), key=int
+        )
         for card in entry["cards"]["features"]:
-            contexts = card["top_contexts"] + card["random_contexts"]
-            expected = [visible(t) for c in contexts for t in c["tokens"]]
-            spans = parsed.tokens[f"card-{index}-{card['feature']}"]
-            assert [text for _, _, text in spans] == expected
-            acts = [a for c in contexts for a in c["activations"]]
-            assert [title for _, title, _ in spans] == [f"activation {a:.4g}" for a in acts]
-            focus = [i for i, (cls, _, _) in enumerate(spans) if "focus" in cls]
-            starts = [sum(len(c["tokens"]) for c in contexts[:k]) for k in range(len(contexts))]
-            assert focus == [s + c["focus"] for s, c in zip(starts, contexts, strict=True)]
-    page = page_without_plotly(document)
-    for raw in ("<b>", '"quoted"', "it's", "</td></span>"):
-        assert raw not in page  # only ever escaped
-    assert ">&lt;b&gt;</span>" in page and ">␣&amp;amp;</span>" in page
-    assert ">␣&quot;quoted&quot;</span>" in page and ">␣it&#x27;s</span>" in page
-    assert ">↵</span>" in page and ">␣</span>" in page and ">&lt;/td&gt;</span>" in page
-    # the top context's focus token holds the card's peak activation: full shade
-    assert re.search(r'class="tok focus" style="background:rgba\(230,97,0,1\.00\)"', page)
+            shipped = data["cards"][str(card["feature"])]
+            for part in ("top", "random"):
+                contexts = card[f"{part}_contexts"]
+                rows = shipped[part]
+                assert len(rows) == len(contexts)
+                for row, c in zip(rows, contexts, strict=True):
+                    text, seq, pos, focus, tokens, acts = row
+                    assert [table[t] for t in tokens] == [visible(t) for t in c["tokens"]]
+                    assert acts == pytest.approx(c["activations"], rel=1e-3, abs=1e-9)
+                    assert (seq, pos, focus) == (c["sequence"], c["position"], c["focus"])
+                    assert float(text) == pytest.approx(c["activation"], rel=5e-3)
+            lens = card["logit_lens"] or {"top": [], "bottom": []}
+            lens = lens["top"] + lens["bottom"]
+            assert [table[t] for t in shipped["lens"]] == [visible(t) for t, _ in lens]
+            peak = max(a for c in card["top_contexts"] + card["random_contexts"]
+                       for a in c["activations"])  # fmt: skip
+            assert shipped["peak"] == pytest.approx(peak, rel=1e-3)
 
 
-def test_search_data_round_trips_every_token() -> None:
+def test_markup_in_tokens_never_reaches_the_page_unescaped() -> None:
+    page = page_without_plotly(cards_document())
+    for raw in ("<b>", '"quoted"'):
+        assert raw not in page  # HTML-escaped in tables, \u003c-escaped in the JSON
+    assert '<td class="t">&lt;eos&gt;</td>' in page and '<td class="t">↵</td>' in page
+    assert "<b>" in json.dumps(card_data(page)[0]["tokens"], ensure_ascii=False)
+
+
+def test_context_json_handles_non_finite_activations() -> None:
     document = cards_document()
-    page = page_without_plotly(document)
-    card = document["saes"][0]["cards"]["features"][0]
-    found = re.search(r'<li data-card="card-0-7" data-feature="7" data-tokens="([^"]*)"', page)
-    assert found is not None
-    tokens = json.loads(html.unescape(found.group(1)))
-    contexts = card["top_contexts"] + card["random_contexts"]
-    lens = card["logit_lens"]["top"] + card["logit_lens"]["bottom"]
-    assert tokens == [t for c in contexts for t in c["tokens"]] + [t for t, _ in lens]
+    context = document["saes"][0]["cards"]["features"][0]["top_contexts"][0]
+    context["activations"][0] = float("nan")
+    data = card_data(page_without_plotly(document))
+    feature = str(document["saes"][0]["cards"]["features"][0]["feature"])
+    assert data[0]["cards"][feature]["top"][0][5][0] == 0  # the reader counts a NaN as 0
+    assert short(float("nan")) is None and short(float("inf")) is None
+    assert short(2.0) == 2 and isinstance(short(2.0), int) and short(0.123456) == 0.1235
 
 
 def test_page_without_cards_has_no_browser() -> None:

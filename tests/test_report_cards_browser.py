@@ -4,12 +4,14 @@ search box filters by id and by token; no console errors, no network requests.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 from helpers import offline_chromium
 
 from saedoctor.report.html import render_html
-from test_report_cards import cards_document
+from test_report_cards import cards_document, visible
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 OPEN_CARDS = "() => [...document.querySelectorAll('details.card[open]')].map(d => d.id)"
@@ -76,6 +78,57 @@ def test_feature_browser_opens_cards_from_links_and_hash(tmp_path: Path) -> None
         fresh.goto(page_file.as_uri() + "#card-1-294", wait_until="load")
         fresh.wait_for_function("() => document.getElementById('card-1-294').open")
         assert fresh.evaluate(OPEN_CARDS) == ["card-1-294"]
+
+
+# Every token span of one opened card: its text, hover title, class and computed background.
+CARD_TOKENS = """id => [...document.querySelectorAll(`#${id} .tok`)].map(s => ({
+    text: s.textContent, title: s.title, cls: s.className,
+    background: getComputedStyle(s).backgroundColor, children: s.children.length}))"""
+
+
+def test_opened_cards_draw_every_token_as_text_shaded_by_activation(tmp_path: Path) -> None:
+    """The strips are built from the page's JSON when a card opens: every token of every
+    window, in order, as text (markup tokens stay text), titled with its activation, the
+    focus token outlined and shaded in full at the card's peak."""
+    document = cards_document()
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_html(document))
+    with offline_chromium() as pages:
+        page = pages.new_page()
+        page.goto(page_file.as_uri(), wait_until="load")
+        for index, entry in enumerate(document["saes"]):
+            for card in entry["cards"]["features"]:
+                anchor = f"card-{index}-{card['feature']}"
+                assert page.evaluate(CARD_TOKENS, anchor) == []  # nothing built until opened
+                page.locator(f"#{anchor} > summary").click()  # the toggle event builds it
+                page.wait_for_function(  # the toggle event fires just after the card opens
+                    "id => document.querySelector(`#${id} .ctx`)", arg=anchor
+                )
+                spans = page.evaluate(CARD_TOKENS, anchor)
+                contexts = card["top_contexts"] + card["random_contexts"]
+                assert [s["text"] for s in spans] == [visible(t) for c in contexts
+                                                      for t in c["tokens"]]  # fmt: skip
+                acts = [a for c in contexts for a in c["activations"]]
+                titles = [float(s["title"].removeprefix("activation ")) for s in spans]
+                assert titles == pytest.approx(acts, rel=1e-3, abs=1e-9)
+                assert all(s["children"] == 0 for s in spans)  # "<b>" is text, not an element
+                starts = [sum(len(c["tokens"]) for c in contexts[:k])
+                          for k in range(len(contexts))]  # fmt: skip
+                focus = [i for i, s in enumerate(spans) if "focus" in s["cls"]]
+                assert focus == [s + c["focus"] for s, c in zip(starts, contexts, strict=True)]
+                peak = max(acts)
+                for span, act in zip(spans, acts, strict=True):
+                    if act == 0:
+                        assert span["background"] == "rgba(0, 0, 0, 0)"  # no shade at all
+                    else:
+                        r, g, b, *alpha = map(float, re.findall(r"[\d.]+", span["background"]))
+                        assert (r, g, b) == (230, 97, 0)
+                        alpha = alpha[0] if alpha else 1.0  # rgb(...) when fully opaque
+                        assert alpha == pytest.approx(act / peak, abs=0.006)
+                assert page.locator(f"#{anchor} .ctx").count() == len(contexts)
+                page.locator(f"#{anchor} > summary").click()  # closing and reopening
+                page.locator(f"#{anchor} > summary").click()  # does not build twice
+                assert len(page.evaluate(CARD_TOKENS, anchor)) == len(spans)
 
 
 def click_a_card_open(page_file: Path) -> str:

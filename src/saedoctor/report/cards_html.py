@@ -2,13 +2,19 @@
 collapsed card per feature (id `card-I-F`), plus links to those cards from every place the
 page names a feature id. Plain HTML, CSS and a little inline JavaScript; nothing fetched.
 
-Token strings are arbitrary text: every one goes through `html.escape`, and whitespace or
-control characters are drawn as visible glyphs (␣, ↵, …) so a token is never invisible.
+A card's context windows are most of its weight (about 15 windows of 16 tokens each), so they
+travel as one compact JSON block per entry — a table of the entry's distinct tokens and, per
+card, rows of token indices and activations — and the script builds a card's token strips the
+first time it opens. Token strings are arbitrary text: the JSON has every `<` escaped so the
+block cannot end early, and the script writes tokens with `textContent`, never as markup.
+Whitespace or control characters are drawn as visible glyphs (␣, ↵, …) so a token is never
+invisible.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from html import escape
 
@@ -56,14 +62,57 @@ details.card:target,details.card.card-target{box-shadow:0 0 0 3px #1798b0}
 .hist rect{fill:#4c78a8}.hist text{font-size:11px;fill:#57606a}
 """
 
-# Opens the card a link or the address names (on load and on every hash change) and filters
-# the list by feature id or by a token of the card's contexts or logit lens.
+# Opens the card a link or the address names (on load and on every hash change), builds a
+# card's context strips from its entry's JSON the first time it opens, and filters the list by
+# feature id or by a token of the card's contexts or logit lens.
 SCRIPT = """
 (function(){
+  function data(section){
+    if(!section._data){
+      section._data=JSON.parse(section.querySelector('script.card-data').textContent);
+    }
+    return section._data;
+  }
+  function el(tag, cls, text){
+    var e=document.createElement(tag);
+    if(cls) e.className=cls;
+    if(text!==undefined) e.textContent=text;
+    return e;
+  }
+  function strip(row, peak, tokens){
+    var out=el('span','strip');
+    row[4].forEach(function(t, i){
+      var a=row[5][i], span=el('span', i===row[3]?'tok focus':'tok', tokens[t]);
+      var alpha=(a!==null && peak>0)?Math.min(1, Math.max(0, a/peak)):0;
+      if(alpha>0) span.style.background='rgba(SHADE,'+alpha.toFixed(2)+')';
+      span.title='activation '+(a===null?'n/a':a);
+      out.appendChild(span);
+    });
+    return out;
+  }
+  function fill(box, rows, peak, tokens){
+    if(!rows.length){ box.appendChild(el('p','note','none recorded')); return; }
+    rows.forEach(function(row){
+      var line=el('div','ctx');
+      line.appendChild(el('span','ctx-act',row[0]));
+      line.appendChild(el('span','ctx-where','seq '+row[1]+' \\u00b7 pos '+row[2]));
+      line.appendChild(strip(row, peak, tokens));
+      box.appendChild(line);
+    });
+  }
+  function build(card){
+    if(card._built) return;
+    card._built=true;
+    var d=data(card.closest('.cards')), c=d.cards[card.dataset.feature];
+    card.querySelectorAll('.ctxs').forEach(function(box){
+      fill(box, c[box.dataset.part], c.peak, d.tokens);
+    });
+  }
   function show(id){
     if(!/^card-[0-9]+-[0-9]+$/.test(id)) return;
     var card=document.getElementById(id);
     if(!card) return;
+    build(card);
     card.hidden=false; card.open=true;
     document.querySelectorAll('.card-target').forEach(function(c){
       c.classList.remove('card-target');
@@ -73,19 +122,32 @@ SCRIPT = """
   }
   function fromHash(){ show(decodeURIComponent(location.hash.slice(1))); }
   window.addEventListener('hashchange', fromHash);
+  document.addEventListener('toggle', function(e){
+    if(e.target.matches && e.target.matches('details.card') && e.target.open) build(e.target);
+  }, true);
   document.addEventListener('click', function(e){
     var a=e.target.closest && e.target.closest('a[href^="#card-"]');
     if(a) show(a.getAttribute('href').slice(1));
   });
+  function searchTokens(li){
+    if(!li._tokens){
+      var d=data(li.closest('.cards')), c=d.cards[li.dataset.feature], seen={};
+      c.top.concat(c.random).forEach(function(row){
+        row[4].forEach(function(t){ seen[t]=1; });
+      });
+      c.lens.forEach(function(t){ seen[t]=1; });
+      li._tokens=Object.keys(seen).map(function(t){ return d.tokens[t].toLowerCase(); });
+    }
+    return li._tokens;
+  }
   function matches(li, raw){
     var id=raw.trim();
     if(/^[0-9]+$/.test(id) && li.dataset.feature.indexOf(id)===0) return true;
-    var q=raw.toLowerCase().replace(/\\u2423/g,' ').replace(/\\u21b5/g,'\\n');
+    var q=raw.toLowerCase(), shown=q.replace(/ /g,'\\u2423').replace(/\\n/g,'\\u21b5');
     var t=q.trim();
-    if(!li._tokens){
-      li._tokens=JSON.parse(li.dataset.tokens).map(function(s){return s.toLowerCase()});
-    }
-    return li._tokens.some(function(s){return s.indexOf(q)>=0 || (t && s.indexOf(t)>=0)});
+    return searchTokens(li).some(function(s){
+      return s.indexOf(shown)>=0 || (t && s.indexOf(t)>=0);
+    });
   }
   function filter(box){
     var section=box.closest('.cards'), shown=0, items=section.querySelectorAll('li[data-card]');
@@ -103,7 +165,7 @@ SCRIPT = """
   if(document.readyState==='loading') document.addEventListener('DOMContentLoaded', fromHash);
   else fromHash();
 })();
-"""
+""".replace("SHADE", ",".join(str(c) for c in SHADE))
 
 
 # --- links to cards --------------------------------------------------------------------------
@@ -160,7 +222,10 @@ def browser_section(cards: EntryCards) -> str:
         f'<input type="search" class="card-search" placeholder="feature id or token" '
         f'aria-label="filter the cards of {escape(cards.name)}"> '
         f'<span class="card-count note">{n} of {n} shown</span>'
-        f'<ul class="card-list">{items}</ul>{bodies}</div>'
+        f'<ul class="card-list">{items}</ul>'
+        '<noscript><p class="note">the context windows need JavaScript</p></noscript>'
+        f'{bodies}<script type="application/json" class="card-data">{cards_json(cards)}</script>'
+        "</div>"
     )
 
 
@@ -191,26 +256,24 @@ def tags(cards: EntryCards, card: Card) -> str:
 
 def list_item(cards: EntryCards, card: Card) -> str:
     anchor = cards.anchor(card.feature)
-    tokens = escape(json.dumps(card.search_tokens(), ensure_ascii=False), quote=True)
     return (
-        f'<li data-card="{anchor}" data-feature="{card.feature}" data-tokens="{tokens}">'
+        f'<li data-card="{anchor}" data-feature="{card.feature}">'
         f"{card_link(cards, card.feature)}{tags(cards, card)}</li>"
     )
 
 
 def card_html(cards: EntryCards, card: Card) -> str:
-    peak = card.peak()
     facts = [f"density {density_text(card)}", f"mean activation {compact(card.mean_activation)}"]
     cls = class_text(cards, card)
     if cls:
         facts.append(f"class {cls}")
     return (
-        f'<details class="card" id="{cards.anchor(card.feature)}">'
+        f'<details class="card" id="{cards.anchor(card.feature)}" data-feature="{card.feature}">'
         f"<summary>feature {card.feature} {tags(cards, card)} "
         f'<span class="note">{escape(density_text(card))}</span></summary>'
         f'<p class="meta">{escape(" · ".join(facts))}</p>'
-        f"<h5>Top contexts</h5>{contexts_html(card.top_contexts, peak)}"
-        f"<h5>Random contexts</h5>{contexts_html(card.random_contexts, peak)}"
+        '<h5>Top contexts</h5><div class="ctxs" data-part="top"></div>'
+        '<h5>Random contexts</h5><div class="ctxs" data-part="random"></div>'
         f"<h5>Activation histogram</h5>{histogram_svg(card.histogram)}"
         f"<h5>Logit lens</h5>{lens_html(card)}"
         f"<h5>Nearest decoder neighbours</h5>{neighbours_html(cards, card)}"
@@ -218,29 +281,59 @@ def card_html(cards: EntryCards, card: Card) -> str:
     )
 
 
-def contexts_html(contexts: tuple[Context, ...], peak: float) -> str:
-    if not contexts:
-        return '<p class="note">none recorded</p>'
-    return "".join(
-        f'<div class="ctx"><span class="ctx-act">{escape(compact(c.activation))}</span>'
-        f'<span class="ctx-where">seq {c.sequence} · pos {c.position}</span>'
-        f'<span class="strip">{strip_html(c, peak)}</span></div>'
-        for c in contexts
+# --- the contexts as JSON ----------------------------------------------------------------
+class TokenTable:
+    """The entry's distinct visible token strings; contexts refer to them by index."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def __call__(self, token: str) -> int:
+        return self.index.setdefault(visible_token(token), len(self.index))
+
+    def tokens(self) -> list[str]:
+        return list(self.index)
+
+
+def cards_json(cards: EntryCards) -> str:
+    """`{"tokens": [...], "cards": {F: {"peak", "top", "random", "lens"}}}`: each context a
+    row `[activation text, sequence, position, focus, token indices, activations]`, shading
+    relative to the card's `peak`; `lens` holds the logit-lens tokens the search matches."""
+    table = TokenTable()
+    by_feature = {str(card.feature): card_json(card, table) for card in cards.cards}
+    text = json.dumps(
+        {"tokens": table.tokens(), "cards": by_feature}, ensure_ascii=False, separators=(",", ":")
     )
+    return text.replace("<", "\\u003c")  # no "</script>" or "<!--" can end the block early
 
 
-def strip_html(context: Context, peak: float) -> str:
-    """One span per token: background opacity = activation / the card's peak activation."""
-    spans = []
-    for i, (token, value) in enumerate(zip(context.tokens, context.activations, strict=True)):
-        alpha = min(1.0, max(0.0, value / peak)) if peak > 0 else 0.0
-        cls = "tok focus" if i == context.focus else "tok"
-        r, g, b = SHADE
-        spans.append(
-            f'<span class="{cls}" style="background:rgba({r},{g},{b},{alpha:.2f})" '
-            f'title="activation {value:.4g}">{escape(visible_token(token))}</span>'
-        )
-    return "".join(spans)
+def card_json(card: Card, table: TokenTable) -> dict:
+    return {
+        "peak": short(card.peak()),
+        "top": [context_row(c, table) for c in card.top_contexts],
+        "random": [context_row(c, table) for c in card.random_contexts],
+        "lens": [table(t) for t, _ in card.logit_top + card.logit_bottom],
+    }
+
+
+def context_row(context: Context, table: TokenTable) -> list:
+    return [
+        compact(context.activation),
+        context.sequence,
+        context.position,
+        context.focus,
+        [table(t) for t in context.tokens],
+        [short(a) for a in context.activations],
+    ]
+
+
+def short(value: float) -> float | int | None:
+    """Four significant digits (what a token's hover shows), an integer when whole; None for
+    a non-finite value, which JSON cannot hold."""
+    if not math.isfinite(value):
+        return None
+    rounded = float(f"{value:.4g}")
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def histogram_svg(hist: Histogram | None) -> str:
