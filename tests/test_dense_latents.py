@@ -118,7 +118,8 @@ def world() -> dict[str, Any]:
         e.feature: e
         for e in dense_latent_evidence(
             CHOSEN, w["density"], w["firing"], W_dec=w["W_dec"], target_mean=w["mean"],
-            W_enc=w["W_enc"], input_mean=w["mean"], target_cov=w["cov"], W_U=w["W_U"],
+            W_enc=w["W_enc"], input_mean=w["mean"], target_cov=w["cov"],
+            unembedding=dl.UnembeddingGram.of(w["W_U"]),
         )
     }  # fmt: skip
     return w
@@ -143,7 +144,7 @@ def test_null_space_share_matches_an_independent_projection(world) -> None:
         reference = float((unseen.T @ row).square().sum() / row.square().sum())
         assert world["evidence"][f].null_space_share == pytest.approx(reference, abs=1e-6)
     assert world["evidence"][NULL].null_space_share == pytest.approx(1.0, abs=1e-6)
-    basis = dl.null_space_basis(world["W_U"])
+    basis = dl.null_space_basis(dl.UnembeddingGram.of(world["W_U"]))
     assert basis.shape == (D, NULL_DIM)
     assert torch.allclose(basis @ basis.T, unseen @ unseen.T, atol=1e-6)
 
@@ -152,7 +153,7 @@ def test_null_space_of_a_short_vocabulary_and_chunked_gram(monkeypatch) -> None:
     gen = torch.Generator().manual_seed(2)
     short = torch.randn(D, 20, dtype=torch.float64, generator=gen)  # rank 20 < d_model
     monkeypatch.setattr(dl, "_COLUMN_CHUNK", 3)  # the Gram matrix summed over 7 blocks
-    basis = dl.null_space_basis(short)
+    basis = dl.null_space_basis(dl.UnembeddingGram.of(short))
     assert basis.shape == (D, D - 20)
     assert float((short.T @ basis).abs().max()) < 1e-9
 
@@ -162,7 +163,8 @@ def test_null_space_share_undefined_off_the_residual_stream(world) -> None:
     other = torch.randn(D + 3, VOCAB)
     (e,) = dense_latent_evidence(
         [NULL], world["density"], _one(world["firing"], 3),
-        W_dec=world["W_dec"], target_mean=world["mean"], W_U=other,
+        W_dec=world["W_dec"], target_mean=world["mean"],
+        unembedding=dl.UnembeddingGram.of(other),
     )  # fmt: skip
     assert e.null_space_share is None
     assert e.antipodal_partner is None and e.pc_cosine is None and e.mean_cosine_of == "decoder"
@@ -400,7 +402,8 @@ def test_a_class_this_version_does_not_know_is_unclassified() -> None:
 def test_no_features_no_evidence(world) -> None:
     empty = FiringStats(*(torch.zeros(0) for _ in range(4)))
     assert dense_latent_evidence([], world["density"], empty, W_dec=world["W_dec"],
-                                 target_mean=world["mean"], W_U=world["W_U"]) == []  # fmt: skip
+                                 target_mean=world["mean"],
+                                 unembedding=dl.UnembeddingGram.of(world["W_U"])) == []  # fmt: skip
 
 
 def test_the_report_schema_names_exactly_the_registered_classes() -> None:

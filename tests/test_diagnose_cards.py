@@ -142,13 +142,21 @@ def test_no_cards_when_turned_off(tiny_llama_dir, text_corpus, tmp_path) -> None
 def test_the_unembedding_folds_the_final_norm_weight(tiny_llama_dir) -> None:
     from transformers import AutoModelForCausalLM
 
-    from saedoctor.activations.unembed import logit_lens_unembedding
+    from saedoctor.activations.unembed import unembedding
+    from saedoctor.metrics.dense_latents import UnembeddingGram
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     with torch.no_grad():  # the saved model's norm weight is all ones: make the fold visible
         model.model.norm.weight.copy_(torch.rand(64, generator=torch.Generator().manual_seed(0)))
     expected = model.lm_head.weight.detach().T * model.model.norm.weight.detach()[:, None]
-    assert torch.allclose(logit_lens_unembedding(model), expected)
+    lens = unembedding(model)
+    rows = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    reference = rows.double() @ expected.double()
+    assert torch.allclose(lens.logits(rows).double(), reference, atol=1e-5)
+    assert lens.head.data_ptr() == model.lm_head.weight.data_ptr()  # the head is not copied
+    gram = lens.gram()
+    assert torch.allclose(gram, expected.double() @ expected.double().T, atol=1e-9)
+    assert torch.allclose(UnembeddingGram.of(expected).gram, gram, atol=1e-9)
 
 
 def test_dense_latents_carry_the_taxonomy_numbers_of_the_tokens(tiny_llama_dir, tmp_path) -> None:

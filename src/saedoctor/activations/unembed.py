@@ -8,6 +8,8 @@ a direction by the same amount; the caller centres the logits it shows.)"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -24,16 +26,55 @@ def final_norm_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module |
     return norm, head
 
 
-@torch.no_grad()
-def logit_lens_unembedding(model: nn.Module) -> torch.Tensor | None:
-    """`[d_model, vocab]` float32 on the CPU, the final norm's weight folded in; None when
-    the model's head is not found."""
+VOCAB_CHUNK = 8192  # rows of the head per block: a bf16 head is never copied whole to float32
+
+
+@dataclass(frozen=True)
+class Unembedding:
+    """`W_U = head.weightᵀ · diag(norm weight)`, never built: the model's own head weight
+    `[vocab, d_model]` (a reference, not a copy) and the norm's weight `[d_model]` or None."""
+
+    head: torch.Tensor
+    scale: torch.Tensor | None
+
+    @property
+    def d_model(self) -> int:
+        return int(self.head.shape[1])
+
+    @property
+    def vocab(self) -> int:
+        return int(self.head.shape[0])
+
+    @torch.no_grad()
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows [m, d_model] · W_U`: `[m, vocab]` float32 on the CPU (the scale folded into
+        the rows, which is the same product)."""
+        rows = rows.detach().to(self.head.device, torch.float32)
+        if self.scale is not None:
+            rows = rows * self.scale.to(rows)
+        blocks = [rows @ self.head[i : i + VOCAB_CHUNK].T.float()
+                  for i in range(0, self.vocab, VOCAB_CHUNK)]  # fmt: skip
+        return torch.cat(blocks, dim=1).cpu()
+
+    @torch.no_grad()
+    def gram(self) -> torch.Tensor:
+        """`W_U·W_Uᵀ [d_model, d_model]` float64 on the CPU, summed over blocks of the head."""
+        gram = torch.zeros(self.d_model, self.d_model, dtype=torch.float64)
+        for i in range(0, self.vocab, VOCAB_CHUNK):
+            block = self.head[i : i + VOCAB_CHUNK].detach().cpu().double()
+            gram += block.T @ block
+        if self.scale is not None:
+            s = self.scale.detach().cpu().double()
+            gram *= s[:, None] * s[None, :]
+        return gram
+
+
+def unembedding(model: nn.Module) -> Unembedding | None:
+    """The model's unembedding, or None when its head is not found."""
     norm, head = final_norm_and_head(model)
     weight = getattr(head, "weight", None)
-    if weight is None:
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         return None
-    w_u = weight.detach().float().cpu().T  # [d_model, vocab]
     scale = getattr(norm, "weight", None)
-    if isinstance(scale, torch.Tensor) and scale.shape == (w_u.shape[0],):
-        w_u = w_u * scale.detach().float().cpu()[:, None]
-    return w_u
+    fits = isinstance(scale, torch.Tensor) and scale.shape == (weight.shape[1],)
+    return Unembedding(weight.detach(), scale.detach() if fits else None)

@@ -5,13 +5,16 @@ of their decoder rows and their nearest decoder neighbours."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 
+from saedoctor.activations.unembed import Unembedding
 from saedoctor.diagnose.options import DiagnoseOptions
 from saedoctor.diagnose.units import SAEUnderTest
 from saedoctor.metrics.cards import Context, FeatureCards
+from saedoctor.metrics.dense_latents import UnembeddingGram
 from saedoctor.metrics.intervals import density_bounds
 from saedoctor.thresholds import DEAD_DENSITY, DENSE_DENSITY
 
@@ -32,7 +35,13 @@ class CardText:
     (activations/unembed.py; None when the model has no head we recognise)."""
 
     tokenizer: Any
-    unembedding: torch.Tensor | None
+    unembedding: Unembedding | None
+
+    @cached_property
+    def unembedding_gram(self) -> UnembeddingGram | None:
+        """For the null space of the dense-latent taxonomy: computed once, on first need."""
+        u = self.unembedding
+        return None if u is None else UnembeddingGram(u.gram(), min(u.d_model, u.vocab))
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,12 @@ def context_json(c: Context, text: TokenText) -> dict[str, Any]:
             "focus": c.focus}  # fmt: skip
 
 
-def logit_lens(W_dec: torch.Tensor, lens: torch.Tensor | None, features: list[int],
+def logit_lens(W_dec: torch.Tensor, lens: Unembedding | None, features: list[int],
                text: TokenText) -> dict[int, dict[str, list]]:  # fmt: skip
     """Per feature: the tokens its decoder row promotes and suppresses most."""
-    if lens is None or W_dec.shape[1] != lens.shape[0] or not features:
+    if lens is None or W_dec.shape[1] != lens.d_model or not features:
         return {}
-    logits = W_dec[features].detach().float().cpu() @ lens
+    logits = lens.logits(W_dec[features])
     logits -= logits.mean(dim=1, keepdim=True)  # TransformerLens' center_unembed
     k = min(LENS_TOKENS, logits.shape[1])
     top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from saedoctor.diagnose.cards import CardText
 from saedoctor.diagnose.units import SAEUnderTest
 from saedoctor.health.taxonomy import dense_latent_entry
 from saedoctor.metrics.dense_latents import FiringStats, dense_latent_evidence
@@ -16,7 +17,7 @@ MIN_MOMENT_ROWS = 2  # a covariance needs two rows
 
 
 def dense_latents_entry(
-    unit: SAEUnderTest, density: list[float], unembedding: torch.Tensor | None
+    unit: SAEUnderTest, density: list[float], card_text: CardText
 ) -> list[dict[str, Any]] | None:
     """None when no cards were collected (their sums are the evidence); else one record per
     feature denser than DENSE_DENSITY, densest first."""
@@ -38,7 +39,7 @@ def dense_latents_entry(
     evidence = dense_latent_evidence(
         ids, dens, firing, W_dec=sae.W_dec.detach().cpu(), target_mean=target_mean,
         W_enc=sae.W_enc.detach().cpu(), input_mean=None if sae.is_transcoder else target_mean,
-        target_cov=cov, W_U=unembedding,
+        target_cov=cov, unembedding=card_text.unembedding_gram,
     )  # fmt: skip
     return [dense_latent_entry(e) for e in evidence]
 

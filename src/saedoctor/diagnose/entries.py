@@ -36,8 +36,7 @@ def sae_entry(unit: SAEUnderTest, info: dict[str, Any], opts: DiagnoseOptions) -
     card_text = info.get("card_text")
     cards = cards_entry(unit, density, mean_activation, intervals["uncertain_features"],
                         card_text, opts)  # fmt: skip
-    dense = None if card_text is None else dense_latents_entry(unit, density,
-                                                                 card_text.unembedding)
+    dense = None if card_text is None else dense_latents_entry(unit, density, card_text)
     with_classes(cards, dense)
     first_letter = info.get("first_letter", {}).get(unit.name)
     if first_letter is not None and first_letter["first_letter_absorption"] is not None:

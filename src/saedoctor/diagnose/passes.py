@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from saedoctor import distributed
-from saedoctor.activations.unembed import logit_lens_unembedding
+from saedoctor.activations.unembed import unembedding
 from saedoctor.diagnose.cards import CardText
 from saedoctor.diagnose.clt import NAME as CLT_SECTION
 from saedoctor.diagnose.clt import clt_entry, clt_groups, shadow_units
@@ -58,7 +58,7 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest], loaded_model:
     extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
     if opts.cards or opts.card_features:
-        extras["card_text"] = CardText(loaded.tokenizer, logit_lens_unembedding(loaded.model))
+        extras["card_text"] = CardText(loaded.tokenizer, unembedding(loaded.model))
     if tset is not None:
         extras["transcoder_set"] = set_entry(tset)
     if groups:

@@ -91,20 +91,35 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
 
 
-def null_space_basis(W_U: torch.Tensor, fraction: float = NULL_SPACE_FRACTION) -> torch.Tensor:
-    """`[d_model, r]` orthonormal left singular vectors of `W_U [d_model, vocab]` whose
-    singular values are below `fraction` of the median one (directions W_U cannot read)."""
-    d_model, vocab = W_U.shape
-    gram = torch.zeros(d_model, d_model, dtype=torch.float64, device=W_U.device)
-    for start in range(0, vocab, _COLUMN_CHUNK):  # W_U·W_Uᵀ without a float64 copy of W_U
-        block = W_U[:, start : start + _COLUMN_CHUNK].double()
-        gram += block @ block.T
-    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending: σ² and the left singular vectors
+@dataclass(frozen=True)
+class UnembeddingGram:
+    """`W_U·W_Uᵀ [d_model, d_model]` float64 of an unembedding `W_U [d_model, vocab]`, and how
+    many of its singular values can be non-zero (`min(d_model, vocab)`). The null space needs
+    nothing more, so a caller never has to hold W_U itself as one matrix."""
+
+    gram: torch.Tensor
+    rank_max: int
+
+    @classmethod
+    def of(cls, W_U: torch.Tensor) -> UnembeddingGram:
+        d_model, vocab = W_U.shape
+        gram = torch.zeros(d_model, d_model, dtype=torch.float64, device=W_U.device)
+        for start in range(0, vocab, _COLUMN_CHUNK):  # without a float64 copy of W_U
+            block = W_U[:, start : start + _COLUMN_CHUNK].double()
+            gram += block @ block.T
+        return cls(gram, min(d_model, vocab))
+
+
+def null_space_basis(
+    unembedding: UnembeddingGram, fraction: float = NULL_SPACE_FRACTION
+) -> torch.Tensor:
+    """`[d_model, r]` orthonormal left singular vectors of `W_U` whose singular values are
+    below `fraction` of the median one (directions W_U cannot read)."""
+    eigvals, eigvecs = torch.linalg.eigh(unembedding.gram)  # ascending: σ², left singular vectors
     sigma = eigvals.clamp_min(0).sqrt()
-    # Only min(d_model, vocab) singular values can be non-zero; the rest are the exact null
-    # space of a short vocabulary and must not pull the median to zero.
-    rank_max = min(d_model, vocab)
-    reference = sigma[-rank_max:].median()
+    # Only rank_max singular values can be non-zero; the rest are the exact null space of a
+    # short vocabulary and must not pull the median to zero.
+    reference = sigma[-unembedding.rank_max :].median()
     return eigvecs[:, sigma < fraction * reference]
 
 
@@ -164,22 +179,23 @@ def dense_latent_evidence(
     W_enc: torch.Tensor | None = None,
     input_mean: torch.Tensor | None = None,
     target_cov: torch.Tensor | None = None,
-    W_U: torch.Tensor | None = None,
+    unembedding: UnembeddingGram | None = None,
 ) -> list[DenseLatentEvidence]:
     """One record per feature, in the given order.
 
     `density [d_sae]` is every feature's (the partner's is needed too). `input_mean` only when
     the encoder reads the target's space (an SAE): then the encoder row's cosine with it is
-    checked as well as the decoder row's with `target_mean`. `W_U [d_model, vocab]` with the
-    final norm's weight folded in; the null-space share is left None when `W_dec` does not
-    write d_model-wide vectors. `target_cov` None leaves the principal-component numbers None.
+    checked as well as the decoder row's with `target_mean`. `unembedding`: the Gram matrix of
+    `W_U [d_model, vocab]` with the final norm's weight folded in; the null-space share is
+    left None when `W_dec` does not write d_model-wide vectors. `target_cov` None leaves the
+    principal-component numbers None.
     """
     ids = torch.as_tensor(features, dtype=torch.long, device=W_dec.device).reshape(-1)
     if not len(ids):
         return []
     rows = W_dec[ids].detach()
     columns: dict[str, list[Any]] = {
-        "null_space_share": _null_space(rows, W_U),
+        "null_space_share": _null_space(rows, unembedding),
         **_pcs(rows, target_cov),
         **_partners(W_enc, ids, density),
         **_mean(rows, target_mean, W_enc, ids, input_mean),
@@ -199,10 +215,11 @@ def dense_latent_evidence(
     ]
 
 
-def _null_space(rows: torch.Tensor, W_U: torch.Tensor | None) -> list[float | None]:
-    if W_U is None or W_U.shape[0] != rows.shape[1]:
+def _null_space(rows: torch.Tensor, unembedding: UnembeddingGram | None) -> list[float | None]:
+    if unembedding is None or unembedding.gram.shape[0] != rows.shape[1]:
         return [None] * rows.shape[0]
-    return _floats(null_space_share(rows, null_space_basis(W_U.detach().to(rows.device))))
+    gram = UnembeddingGram(unembedding.gram.to(rows.device), unembedding.rank_max)
+    return _floats(null_space_share(rows, null_space_basis(gram)))
 
 
 def _pcs(rows: torch.Tensor, cov: torch.Tensor | None) -> dict[str, list[Any]]:
