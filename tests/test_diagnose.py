@@ -210,3 +210,19 @@ def test_an_already_loaded_model_gives_the_same_report(
         for key, value in b["metrics"].items():
             if isinstance(value, float):
                 assert a["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_a_corpus_that_ends_early_is_said_to(tiny_llama_dir, text_corpus, tmp_path):
+    from saedoctor.report.sections import run_lines
+
+    saes = [saved_sae(tmp_path / "l0", random_sae(64, 256, site=Site(0, "resid_post")))]
+    kw = dict(downstream=False, preflight="none", cards=0)
+    enough = diagnose(_opts(tiny_llama_dir, text_corpus, saes, **kw))
+    assert "corpus_ended" not in enough["run"] and enough["run"]["sequences"] == 512 // 32
+    asked = 10**9
+    ended = diagnose(_opts(tiny_llama_dir, text_corpus, saes, tokens=asked, **kw))
+    run = ended["run"]
+    assert run["corpus_ended"] is True and run["sequences"] * 32 < asked
+    tokens_line = next(line for line in run_lines(ended) if line.startswith("tokens counted"))
+    assert tokens_line == (f"tokens counted: {run['tokens_counted']:,} "
+                           f"(the corpus ended before the {asked:,} tokens asked for)")  # fmt: skip

@@ -163,7 +163,8 @@ def run_metadata(opts: DiagnoseOptions, info: dict[str, Any], seconds: float) ->
     # How the run was carried out, not what it measured: a resumed report equals a fresh one.
     for key in ("quiet", "resume", "state_file", "checkpoint_minutes", "keep_state"):
         options.pop(key)
-    keep = ("model", "tokens_processed", "tokens_counted", "sequences", "tokens_auto")
+    keep = ("model", "tokens_processed", "tokens_counted", "sequences", "tokens_auto",
+            "corpus_ended")
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {

@@ -4,6 +4,7 @@ over `compare_corpus` when asked (training-data mismatch); or cached activations
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ def run_on_model(opts: DiagnoseOptions, units: list[SAEUnderTest], loaded_model:
     if auto is not None:
         info["tokens_auto"] = auto.describe(info)
     _require_tokens(info, opts.corpus)
+    if auto is None and info["sequences"] < math.ceil(opts.tokens / opts.context):
+        info["corpus_ended"] = True  # fewer tokens than asked for: the report says so
     extras = secondary_passes(passes, units, state, info)
     model_info = {"name": loaded.name, "n_layers": loaded.n_layers, "d_model": loaded.d_model}
     if opts.cards or opts.card_features:

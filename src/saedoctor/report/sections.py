@@ -44,7 +44,8 @@ def run_lines(document: dict[str, Any]) -> list[str]:
         f"model: {model.get('name', 'none (cached activations)')}",
         f"data: {data}" + (f" (compared with {run['compare_corpus']})"
                            if run.get("compare_corpus") else ""),
-        f"tokens counted: {counted:,}" if isinstance(counted, int) else "tokens counted: ?",
+        (f"tokens counted: {counted:,}" if isinstance(counted, int) else "tokens counted: ?")
+        + corpus_ended_text(run),
         *auto_tokens_line(run),
         f"grading policy: {policy}",
         f"created: {run.get('created', '?')}, wall time {run.get('wall_time_s', '?')} s",
@@ -55,6 +56,15 @@ def run_lines(document: dict[str, Any]) -> list[str]:
     if run.get("note"):
         lines.append(f"note: {run['note']}")
     return lines
+
+
+def corpus_ended_text(run: dict[str, Any]) -> str:
+    """' (the corpus ended before the 100,000 tokens asked for)', or ''."""
+    if not run.get("corpus_ended"):
+        return ""
+    asked = (run.get("options") or {}).get("tokens")
+    asked_text = f"the {asked:,} tokens asked for" if isinstance(asked, int) else "--tokens"
+    return f" (the corpus ended before {asked_text})"
 
 
 def auto_tokens_line(run: dict[str, Any]) -> list[str]:
