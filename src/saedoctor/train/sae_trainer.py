@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
 from saedoctor.train.config import TRANSCODER_SITES, TrainConfig, d_sae_for
+from saedoctor.train.topk_encode import topk_encode
 
 DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
 ORTHO_SAMPLE_ROWS = 512
 GEOMEDIAN_TOKENS = 8192
+CHUNK64_ELEMENTS = 1 << 21  # float64 statistics of a pool: 16 MB of rows at a time
 # JumpReLU thresholds live on the activation scale (~1 after rescaling) and get gradients only
 # from tokens within a bandwidth of them: at the weights' learning rate they would move by
 # ~0.1 in a few hundred steps, so they learn 10x faster.
@@ -88,7 +91,7 @@ def lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> floa
 @dataclass
 class Forward:
     """One micro-batch's forward pass on the training scale: rescaled input and target,
-    pre-activations, codes (values, indices or None), reconstruction, norm-weighted codes,
+    pre-activations, codes (values, indices or None), reconstruction, norm-weighted codes (L1/L0),
     and the terms the activation added (JumpReLU's L0)."""
 
     xs: torch.Tensor
@@ -97,7 +100,7 @@ class Forward:
     vals: torch.Tensor
     idx: torch.Tensor | None
     x_hat: torch.Tensor
-    weighted: torch.Tensor
+    weighted: torch.Tensor | None  # None when no loss term reads it
     terms: dict[str, torch.Tensor]
 
 
@@ -141,6 +144,9 @@ class TrainableSAE:
         self.scale = torch.ones((), dtype=torch.float64)
         self.out_scale = self.scale  # the target's scale: a transcoder's is its own
         self.batchtopk_threshold = torch.full((), -1.0, dtype=torch.float64)
+        # TopK in fp32 encodes through `topk_encode` (a backward pass over the k selected
+        # latents only); the same values and gradients as `_encode` + `train_codes`.
+        self._sparse_topk = cfg.architecture == "topk" and cfg.precision == "fp32"
         self.initialised = False
         # Under data-parallel torchrun: sums the firing counts and BatchTopK's statistics
         # over the ranks, so all take the step of the whole micro-batch (train/ranks.py).
@@ -173,15 +179,15 @@ class TrainableSAE:
     def initialise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Scales and b_dec from the first pool of raw activations `[n, d_in]` (and a
         transcoder's targets `y [n, d_out]`)."""
-        x = x.to(self.device).double()
-        mean = x.mean(0)
+        x = x.to(self.device)
+        mean = _mean64(x)
         self.scale = _unit_variance_scale(x, mean, self.d_in)
         target, target_mean = x, mean
         if self.transcoder:
             if y is None:
                 raise ValueError(f"{self.name}: a transcoder needs its target activations")
-            target = y.to(self.device).double()
-            target_mean = target.mean(0)
+            target = y.to(self.device)
+            target_mean = _mean64(target)
         self.out_scale = (_unit_variance_scale(target, target_mean, self.d_out)
                           if self.transcoder else self.scale)  # fmt: skip
         s = float(self.out_scale)
@@ -264,20 +270,34 @@ class TrainableSAE:
         p = self.params
         xs = x.to(self.device, torch.float32) * float(self.scale)
         target = self._target(xs, y)
-        pre = self._encode(xs)
-        norms = p["W_dec"].norm(dim=1)
         terms: dict[str, torch.Tensor] = {}
-        codes_vals, codes_idx = self.architecture.train_codes(self, pre, terms)
+        if self._sparse_topk:
+            b_dec = None if self.transcoder else p["b_dec"]
+            codes_vals, codes_idx, pre = topk_encode(xs, b_dec, p["W_enc"], p["b_enc"],
+                                                     self.cfg.top_k)  # fmt: skip
+        else:
+            pre = self._encode(xs)
+            codes_vals, codes_idx = self.architecture.train_codes(self, pre, terms)
+        norms = p["W_dec"].norm(dim=1) if self._needs_weighted() else None
+        weighted = None
         if codes_idx is not None:
             x_hat = F.embedding_bag(codes_idx, p["W_dec"], per_sample_weights=codes_vals,
                                     mode="sum") + p["b_dec"]  # fmt: skip
-            weighted = codes_vals * norms[codes_idx]
+            if norms is not None:
+                weighted = codes_vals * norms[codes_idx]
         else:
             x_hat = self._decode_dense(codes_vals)
-            weighted = codes_vals * norms
+            if norms is not None:
+                weighted = codes_vals * norms
         if "W_skip" in p:
             x_hat = x_hat + self._skip_term(xs)
         return Forward(xs, target, pre, codes_vals, codes_idx, x_hat, weighted, terms)
+
+    def _needs_weighted(self) -> bool:
+        """Whether a loss term reads the norm-weighted codes (L1, smooth L0)."""
+        cfg = self.cfg
+        return cfg.l1_penalty > 0 or (cfg.sparsity_penalty > 0
+                                      and not self.architecture.owns_l0_penalty)  # fmt: skip
 
     def loss_terms(self, fwd: Forward, step: int) -> dict[str, torch.Tensor]:
         """Every loss term of `fwd`, read against `fwd.x_hat` (a CLT adds its cross-layer
@@ -285,10 +305,14 @@ class TrainableSAE:
         cfg, terms = self.cfg, fwd.terms
         residual = fwd.target - fwd.x_hat
         terms["mse"] = residual.pow(2).sum(-1).mean() / self.d_out
-        if cfg.l1_penalty > 0:
-            terms["l1"] = cfg.l1_penalty * fwd.weighted.sum(-1).mean() / self.d_out
-        if cfg.sparsity_penalty > 0 and not self.architecture.owns_l0_penalty:
-            terms["l0"] = (cfg.sparsity_penalty * torch.tanh(fwd.weighted).sum(-1).mean()
+        weighted = fwd.weighted
+        if weighted is None and self._needs_weighted():  # cfg changed since the forward
+            raise ValueError(f"{self.name}: forward ran without the norm-weighted codes")
+        if cfg.l1_penalty > 0 and weighted is not None:
+            terms["l1"] = cfg.l1_penalty * weighted.sum(-1).mean() / self.d_out
+        smooth_l0 = cfg.sparsity_penalty > 0 and not self.architecture.owns_l0_penalty
+        if smooth_l0 and weighted is not None:
+            terms["l0"] = (cfg.sparsity_penalty * torch.tanh(weighted).sum(-1).mean()
                            / self.d_out)  # fmt: skip
         if cfg.diversity_loss_weight > 0:
             terms["diversity"] = self._diversity(fwd.vals, fwd.idx)
@@ -360,7 +384,7 @@ class TrainableSAE:
         w = self.params["W_dec"]
         with torch.no_grad():
             if w.grad is not None:  # keep updates tangent to the unit sphere
-                w.grad.sub_((w.grad * w).sum(1, keepdim=True) * w)
+                w.grad.addcmul_((w.grad * w).sum(1, keepdim=True), w, value=-1)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -446,7 +470,26 @@ class TrainableSAE:
         return sae.requires_grad_(False)
 
 
+def _chunks64(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`x`'s rows in float64, a few MB at a time: a float64 copy of a whole pool (150 MB for
+    32k tokens of width 576) is fresh memory the OS must fault in page by page."""
+    rows = max(1, CHUNK64_ELEMENTS // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        yield x[start : start + rows].double()
+
+
+def _mean64(x: torch.Tensor) -> torch.Tensor:
+    """Column means of `x [n, d]`, accumulated in float64."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for chunk in _chunks64(x):
+        total += chunk.sum(0)
+    return total / x.shape[0]
+
+
 def _unit_variance_scale(x: torch.Tensor, mean: torch.Tensor, width: int) -> torch.Tensor:
-    """`s` with `E‖s·(x - mean)‖² = width`: unit variance per dimension on average."""
-    var = (x - mean).pow(2).sum(1).mean().clamp_min(1e-12)
+    """`s` with `E‖s·(x - mean)‖² = width`: unit variance per dimension on average (float64)."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for chunk in _chunks64(x):
+        total += (chunk - mean).pow(2).sum()
+    var = (total / x.shape[0]).clamp_min(1e-12)
     return torch.sqrt(width / var).cpu()
