@@ -283,6 +283,9 @@ def measure(store: Store, pairs: list[tuple[Arm, int]], ev: Eval, *, full: bool 
         for (a, s), entry in zip(here, doc["saes"], strict=True):
             main[(a.id, s)] = entry
         run = doc["run"]
+        # A cached main pass does not know which corpus its activations came from; they are
+        # `ev.corpus`, as a model-based diagnose would record (the mismatch rule reads it).
+        run["corpus"] = run.get("corpus") or ev.corpus
     with heartbeat(f"loss recovered of {len(todo)} SAEs on {ev.downstream:,} tokens of "
                    f"{ev.corpus}"):  # fmt: skip
         down = _diagnose(store, todo, ev, layer=None, full=False)
@@ -308,7 +311,7 @@ def _diagnose(store: Store, pairs: list[tuple[Arm, int]], ev: Eval, *, layer: in
         batch = min(8, max(1, ev.downstream // 128))  # no more tokens than asked for
         opts = DiagnoseOptions(saes=saes, corpus=ev.corpus, tokens=ev.downstream, quiet=True,
                                downstream_tokens=ev.downstream, preflight="none", cards=0,
-                               batch_size=batch)  # fmt: skip
+                               batch_size=batch, explain_tokens=ev.downstream)  # fmt: skip
     return diagnose(opts)
 
 

@@ -557,7 +557,8 @@ def mismatch_story(store: Store, bases: dict, b: Budget, seeds: list[int]) -> di
             doc = diagnose(DiagnoseOptions(saes=saes, corpus=C.DOCS_TEST,
                                            compare_corpus=C.CODE_TEST, tokens=b.compare,
                                            downstream_tokens=b.downstream, preflight="none",
-                                           cards=0, quiet=True))  # fmt: skip
+                                           cards=0, quiet=True,
+                                           explain_tokens=b.compare))  # fmt: skip
         path.write_text(json.dumps(doc, default=str))
     doc = json.loads(path.read_text())
     rows = {}
