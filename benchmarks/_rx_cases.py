@@ -60,18 +60,12 @@ CASES: tuple[Case, ...] = (
          ("always_on", "dead_features", "poor_reconstruction"),
          extras={"diversity_loss_weight=0.01 (the guide's)": GUIDE_DIVERSITY},
          plan=True, quick=True),
-    Case("relu_guide_penalties",
-         "a ReLU SAE x8 at block 22 with the guide's penalties (l1_penalty 0.0001, "
-         "sparsity_penalty 0.001)",
-         (22,), DOCS_TRAIN,
-         {**GENERAL, "architecture": "relu", "l1_penalty": 1e-4, "sparsity_penalty": 1e-3},
-         ("l0_too_high", "always_on")),
-    Case("guide_top_k_16",
-         "the general preset at block 22 with the guide's top_k 16",
-         (22,), DOCS_TRAIN, {**GENERAL, "top_k": 16}, ("l0_too_low",)),
     Case("code_trained",
          "the general preset at block 10 trained on python-code, used on python-docs",
          (10,), CODE_TRAIN, dict(GENERAL), ("data_mismatch",), quick=True),
+    Case("guide_top_k_16",
+         "the general preset at block 22 with the guide's top_k 16",
+         (22,), DOCS_TRAIN, {**GENERAL, "top_k": 16}, ("l0_too_low",)),
     Case("preset_every_depth",
          "the general preset unchanged at blocks 10, 22 and 28",
          (10, 22, 28), DOCS_TRAIN, dict(GENERAL), ("late_layer_reconstruction",),
@@ -79,6 +73,12 @@ CASES: tuple[Case, ...] = (
                  "the guide's late-layer settings (expansion_factor 1 for 0.15, "
                  "sparsity_penalty 0.002)": {"expansion_factor": 1,
                                              "sparsity_penalty": 0.002}}),
+    Case("relu_guide_penalties",
+         "a ReLU SAE x8 at block 22 with the guide's penalties (l1_penalty 0.0001, "
+         "sparsity_penalty 0.001)",
+         (22,), DOCS_TRAIN,
+         {**GENERAL, "architecture": "relu", "l1_penalty": 1e-4, "sparsity_penalty": 1e-3},
+         ("l0_too_high", "always_on")),
 )  # fmt: skip
 
 

@@ -48,15 +48,23 @@ def markdown(result: dict[str, Any]) -> str:
     for miss in result.get("not_fired") or []:
         lines.append(f"\n{miss['rule']} did not fire on {miss['case']} seed {miss['seed']} "
                      f"(fired: {', '.join(miss['fired_instead']) or 'nothing'})")  # fmt: skip
-    guide = result["guide"]
-    lines += ["", "## The guide's recommendations (vs the general preset, block 10)", "", HEAD]
+    if result.get("missing"):
+        lines.append(f"\nNot yet measured: {', '.join(result['missing'])}.")
+    if result.get("guide"):
+        lines += _guide(result["guide"])
+    if result.get("mismatch_story"):
+        lines += ["", "## Data-mismatch story", "", _story(result["mismatch_story"])]
+    return "\n".join(lines) + "\n"
+
+
+def _guide(guide: dict[str, Any]) -> list[str]:
+    lines = ["", "## The guide's recommendations (vs the general preset, block 10)", "", HEAD]
     for key, v in guide["recommendations"].items():
         lines.append(verdict_row("guide", key, v))
     for key, v in guide["domain"].items():
         lines.append(verdict_row("domain (python-code)", key, v))
     lines += ["", f"expansion_factor 0.25: `{guide['expansion_below_one']['refused']['error']}`"]
-    lines += ["", "## Data-mismatch story", "", _story(result["mismatch_story"])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _story(story: dict[str, Any]) -> str:

@@ -70,7 +70,8 @@ def cached_tokens(path: Path) -> int:
 def cache_corpus(loaded: Any, cache: Path, corpus: str, targets: dict[int, int]) -> None:
     """Counted-token activations of `corpus` at blocks {layer}.hook_resid_post, `targets[layer]`
     tokens each, from as few forward passes as the targets allow (one per distinct target,
-    each continuing where the last stopped)."""
+    each continuing where the last stopped). A cache that holds fewer tokens is extended from
+    the sequence after its last one, so its first tokens stay the same."""
     todo = {
         layer: n
         for layer, n in targets.items()
@@ -78,10 +79,13 @@ def cache_corpus(loaded: Any, cache: Path, corpus: str, targets: dict[int, int])
     }
     if not todo:
         return
-    chunks: dict[int, list[torch.Tensor]] = {layer: [] for layer in todo}
-    held, skip = 0, 0
+    held = min(cached_tokens(cache_file(cache, corpus, layer)) for layer in todo)
+    chunks = {layer: [_held(cache, corpus, layer, held)] if held else [] for layer in todo}
+    skip = _sequences(loaded, corpus, held)
     for target in sorted(set(todo.values())):
         layers = [layer for layer, n in todo.items() if n >= target]
+        if target <= held:
+            continue
         acts, read, skip = _read_sites(loaded, layers, corpus, target - held, skip)
         for layer in layers:
             chunks[layer].append(acts[layer])
@@ -93,6 +97,28 @@ def cache_corpus(loaded: Any, cache: Path, corpus: str, targets: dict[int, int])
         tensor = torch.cat(parts)[: todo[layer]].contiguous()
         save_file({"activations": tensor}, str(cache_file(cache, corpus, layer)))
         say(f"cached {tensor.shape[0]:,} tokens of {corpus} at block {layer}")
+
+
+def _held(cache: Path, corpus: str, layer: int, tokens: int) -> torch.Tensor:
+    """The first `tokens` already cached."""
+    return load_cached(cache, corpus, layer, tokens)
+
+
+def _sequences(loaded: Any, corpus: str, tokens: int) -> int:
+    """Sequences a cache of `tokens` counted tokens consumed (tokenizing only)."""
+    if tokens == 0:
+        return 0
+    from saedoctor.activations.batches import token_batches
+    from saedoctor.activations.corpus import iter_documents
+
+    seen, held = 0, 0
+    for batch in token_batches(loaded.tokenizer, iter_documents(corpus), context=128,
+                               batch_size=8, max_tokens=None, name=corpus):  # fmt: skip
+        seen += int(batch.input_ids.shape[0])
+        held += int(batch.counted.sum())
+        if held >= tokens:
+            return seen
+    return seen
 
 
 def _read_sites(loaded: Any, layers: list[int], corpus: str, tokens: int, skip: int

@@ -23,8 +23,8 @@ HELPED, NO_EFFECT, HURT = "helped", "no effect", "hurt"
 VERDICTS = (HELPED, NO_EFFECT, HURT)
 STATUS_ORDER = ("excellent", "good", "warning", "critical")
 # Two-sided 95 % Student t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df)).
-T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646,
-        8: 2.3060, 9: 2.2622, 10: 2.2281}  # fmt: skip
+T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 6: 2.446912,
+        7: 2.364624, 8: 2.306004, 9: 2.262157, 10: 2.228139}  # fmt: skip
 Z975 = 1.96
 
 
