@@ -80,3 +80,55 @@ def _story(story: dict[str, Any]) -> str:
                 f" | {fmt(r['compare']['variance_explained'])} | {fmt(r['density_jsd'])} "
                 f"{interval(r['density_jsd_interval'])} | {fired} |")  # fmt: skip
     return "\n".join(rows)
+
+
+# -- docs/prescriptions.md: the same tables, each figure a checked marker ------------------------
+FILE = "prescriptions.json"
+DIGITS = {"always_on_count": ".2f", "dead_pct": ".2f", "l0": ".1f", "absorption": ".4f"}
+
+
+def fig(key: str, fmt: str) -> str:
+    """One figure marker; `benchmarks/figures.py --update` fills its text from the result."""
+    return f"<!-- fig {FILE} {key} {fmt} --><!-- /fig -->"
+
+
+def _cells(path: str, v: dict[str, Any]) -> str:
+    f = DIGITS.get(v["metric"], ".3f")
+    return " | ".join([
+        fig(f"{path}.verdict", "str"),
+        fig(f"{path}.baseline.mean", f), fig(f"{path}.arm.mean", f),
+        f"{fig(f'{path}.delta', f)} [{fig(f'{path}.interval[0]', f)}, "
+        f"{fig(f'{path}.interval[1]', f)}]",
+    ])  # fmt: skip
+
+
+def fig_tables(result: dict[str, Any]) -> str:
+    """The rule table and the guide table of docs/prescriptions.md, as figure markers."""
+    lines = ["| rule | change | metric | verdict | baseline | arm | paired Δ [95 %] |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for rule, block in result["verdicts"].items():
+        for key, v in block.items():
+            if "baseline" not in v:
+                continue
+            mark = "" if v.get("prescribed", True) else " (not prescribed)"
+            path = f'verdicts.{rule}["{key}"]'
+            lines.append(f"| `{rule}` | {key}{mark} | {v['metric']} | {_cells(path, v)} |")
+    guide = result.get("guide") or {}
+    lines += ["", "| recommendation | metric | verdict | reference | with it | "
+              "paired Δ [95 %] |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, v in (guide.get("recommendations") or {}).items():
+        path = f'guide.recommendations["{key}"]'
+        lines.append(f"| {key} | {v['metric']} | {_cells(path, v)} |")
+    for key, v in (guide.get("domain") or {}).items():
+        path = f'guide.domain["{key}"]'
+        lines.append(f"| {key} (python-code) | {v['metric']} | {_cells(path, v)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    results = Path(__file__).parent / "results" / FILE
+    sys.stdout.write(fig_tables(json.loads(results.read_text())))

@@ -532,6 +532,8 @@ def arms_table(store: Store, on_docs: list[Arm], on_code: Any, seeds: list[int]
     table: dict[str, Any] = {}
     for corpus, arms in ((C.DOCS_TEST, on_docs), (C.CODE_TEST, list(on_code))):
         for arm in dict.fromkeys(arms):
+            if not all(store.metrics_file(arm, s, corpus).is_file() for s in seeds):
+                continue  # a baseline measured only for its diagnosis so far
             row = table.setdefault(arm.id, {"config": arm.describe(), "eval": {}})
             row["eval"][corpus] = {str(s): _seed_row(load_entry(store, arm, s, corpus))
                                    for s in seeds}  # fmt: skip
