@@ -4,7 +4,7 @@ A change is judged on its targeted metric, paired by seed against the baseline (
 same initial weights, same tokens):
 
 - `helped`: the 95 % t interval of the paired difference lies wholly on the improving side
-  of 0 and no graded metric's status (of the mean over seeds) is worse than the baseline's;
+  of 0 and no graded metric's status (the median seed's) is worse than the baseline's;
 - `hurt`: the interval lies wholly on the worsening side, or a graded metric's status drops;
 - `no effect`: otherwise (the interval holds 0: seed noise explains the difference).
 
@@ -70,8 +70,14 @@ def status_rank(status: str | None) -> int | None:
     return STATUS_ORDER.index(status) if status in STATUS_ORDER else None
 
 
+def median_status(statuses: Sequence[str]) -> str:
+    """The median seed's status (for an even count, the worse of the middle two)."""
+    ranks = sorted(STATUS_ORDER.index(s) for s in statuses)
+    return STATUS_ORDER[ranks[len(ranks) // 2]]
+
+
 def band_drops(base_status: dict[str, str], arm_status: dict[str, str]) -> list[str]:
-    """Graded metrics whose status (of the mean) is worse for the arm than the baseline."""
+    """Graded metrics whose (median seed's) status is worse for the arm than the baseline's."""
     drops = []
     for metric, status in arm_status.items():
         a, b = status_rank(status), status_rank(base_status.get(metric))

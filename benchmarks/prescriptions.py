@@ -185,7 +185,8 @@ def values(store: Store, arm: Arm, seeds: list[int], metric: str, corpus: str
 
 
 def graded_means(store: Store, arm: Arm, seeds: list[int], corpus: str) -> dict[str, Any]:
-    """Each graded metric's mean over seeds, and its status under the default policy."""
+    """Each graded metric's mean over seeds, each seed's status under the default policy, and
+    the median seed's status (a mean of counts may fall between bands: 0.33 always-on)."""
     from saedoctor.health.grading import status_of
     from saedoctor.health.policy import GRADED_METRICS, load_policy
 
@@ -200,8 +201,9 @@ def graded_means(store: Store, arm: Arm, seeds: list[int], corpus: str) -> dict[
             vals = values(store, arm, seeds, source, corpus)
         if any(v is None for v in vals):
             continue
-        mean = sum(vals) / len(vals)
-        out[metric] = {"source": source, "mean": mean, "status": status_of(mean, mp, policy)}
+        per_seed = [status_of(v, mp, policy) for v in vals]
+        out[metric] = {"source": source, "mean": sum(vals) / len(vals), "seeds": per_seed,
+                       "status": V.median_status(per_seed)}  # fmt: skip
     return out
 
 
@@ -222,6 +224,8 @@ def judge(store: Store, base: Arm, arm: Arm, metric: str, better: str, seeds: li
         "baseline": {**base_stats, "values": b}, "arm": {**arm_stats, "values": a},
         "statuses": {"baseline": {k: v["status"] for k, v in gb.items()},
                      "arm": {k: v["status"] for k, v in ga.items()}},
+        "seed_statuses": {"baseline": {k: v["seeds"] for k, v in gb.items()},
+                          "arm": {k: v["seeds"] for k, v in ga.items()}},
         "graded_means": {"baseline": {k: v["mean"] for k, v in gb.items()},
                          "arm": {k: v["mean"] for k, v in ga.items()}},
         "effect": V.effect(diff["mean"], better, abs(base_stats["mean"])),
@@ -370,6 +374,18 @@ def main() -> None:
     print(write(run, out, diagnosed, plans, rules, extras))
 
 
+def record_run(run: Run) -> dict[str, float]:
+    """Seconds each process spent on this work dir (an interrupted run resumes in another):
+    `<work>/runs.json`, this process's entry updated at every write."""
+    path = run.store.work / "runs.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    key = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(run.started))
+    runs[key] = round(time.perf_counter() - run.start, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(runs, indent=1))
+    return runs
+
+
 def case_arms(name: str, plans: dict, rules: dict, extras: dict) -> list[Arm]:
     arms = [a for (case, _), block in rules.items() if case == name for a, _, _ in block.values()]
     arms += [a for case, (a, _) in plans.items() if case == name]
@@ -401,6 +417,7 @@ def write(run: Run, out: Path, diagnosed: dict, plans: dict, rules: dict, extras
         guide = guide_section(store, seeds, run.guides, reference, g_arms, d_arms, verdicts)
         on_docs += [reference, *g_arms.values()]
         on_code = list(d_arms.values())
+    runs = record_run(run)
     missing = [c.name for c in cases if c.name not in run.done]
     missing += [x for x in ("mismatch_story", "guide") if x not in run.done]
     b = run.b
@@ -416,6 +433,7 @@ def write(run: Run, out: Path, diagnosed: dict, plans: dict, rules: dict, extras
         "verdicts": verdicts, "guide": guide, "mismatch_story": story,
         "arms": arms_table(store, on_docs, on_code, seeds),
         "wall_s": round(time.perf_counter() - run.start, 1), "threads": torch.get_num_threads(),
+        "wall_s_all_runs": round(sum(runs.values()), 1), "runs_s": runs,
     }  # fmt: skip
     from _rx_report import markdown
 
@@ -432,7 +450,7 @@ METHOD = (
     "cached activations, loss recovered with the model on the first downstream tokens, "
     "then graded and diagnosed by saedoctor's rules. Verdicts: paired difference (arm - "
     "baseline, same seed), 95 % t interval over seeds; helped = interval on the improving "
-    "side and no graded metric's status (of the mean) worse than the baseline's; hurt = "
+    "side and no graded metric's status (median seed) worse than the baseline's; hurt = "
     "interval on the worsening side or a status drop; no effect = interval holds 0."
 )
 

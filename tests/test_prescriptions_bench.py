@@ -41,6 +41,8 @@ def test_verdict_rules():
     assert V.verdict([0.0, 0.0], "higher", []) == V.NO_EFFECT
     assert V.band_drops({"l0": "excellent"}, {"l0": "warning"}) == ["l0"]
     assert V.band_drops({"l0": "warning"}, {"l0": "excellent", "x": "critical"}) == []
+    assert V.median_status(["excellent", "warning", "good"]) == "good"
+    assert V.median_status(["excellent", "warning"]) == "warning"
 
 
 def _values(arms: dict, arm_id: str, corpus: str, metric: str, seeds: list[int]) -> list:
@@ -49,7 +51,7 @@ def _values(arms: dict, arm_id: str, corpus: str, metric: str, seeds: list[int])
 
 
 def _statuses(arms: dict, arm_id: str, corpus: str, seeds: list[int]) -> dict[str, str]:
-    """Each graded metric's status of its mean over seeds, recomputed from the arms table."""
+    """Each graded metric's median seed's status, recomputed from the arms table."""
     policy = load_policy()
     out = {}
     for metric in GRADED_METRICS:
@@ -58,7 +60,8 @@ def _statuses(arms: dict, arm_id: str, corpus: str, seeds: list[int]) -> dict[st
         if any(v is None for v in vals) and mp.fallback_source:
             vals = _values(arms, arm_id, corpus, mp.fallback_source, seeds)
         if all(v is not None for v in vals):
-            out[metric] = status_of(statistics.fmean(vals), mp, policy)
+            ranks = sorted(ORDER.index(status_of(v, mp, policy)) for v in vals)
+            out[metric] = ORDER[ranks[len(ranks) // 2]]
     return out
 
 
