@@ -63,6 +63,8 @@ def _guide(guide: dict[str, Any]) -> list[str]:
         lines.append(verdict_row("guide", key, v))
     for key, v in guide["domain"].items():
         lines.append(verdict_row("domain (python-code)", key, v))
+    for key, v in (guide.get("per_layer") or {}).items():
+        lines.append(verdict_row("block 28", key, v))
     lines += ["", f"expansion_factor 0.25: `{guide['expansion_below_one']['refused']['error']}`"]
     return lines
 
@@ -122,6 +124,10 @@ def fig_tables(result: dict[str, Any]) -> str:
     for key, v in (guide.get("domain") or {}).items():
         path = f'guide.domain["{key}"]'
         lines.append(f"| {key} (python-code) | {v['metric']} | {_cells(path, v)} |")
+    for key, v in (guide.get("per_layer") or {}).items():
+        path = f'guide.per_layer["{key}"]'
+        lines.append(f"| {key} (block 28, vs the preset there) | {v['metric']} | "
+                     f"{_cells(path, v)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ loss recovered / KL. The two are merged and graded and diagnosed by saedoctor's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -352,7 +353,19 @@ def _merge(main: dict[str, Any], down: dict[str, Any]) -> dict[str, Any]:
         if key in down_intervals:
             intervals[key] = down_intervals[key]
     metrics["downstream_tokens"] = (down.get("metrics") or {}).get("tokens_seen")
-    return merged
+    return measured_downstream(merged)
+
+
+def measured_downstream(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry without the main pass's "not measured" mark on the downstream metrics the
+    second pass measured (otherwise the grader would fall back on variance explained)."""
+    marks = entry.get("not_measured")
+    metrics = entry.get("metrics") or {}
+    if isinstance(marks, dict):
+        for key in DOWNSTREAM_KEYS:
+            if metrics.get(key) is not None:
+                marks.pop(key, None)
+    return entry
 
 
 def _graded(document: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +375,19 @@ def _graded(document: dict[str, Any]) -> dict[str, Any]:
     return apply_health(document, load_policy())
 
 
+def load_document(store: Store, arm: Arm, seed: int, corpus: str, kind: str = "arm"
+                  ) -> dict[str, Any]:  # fmt: skip
+    """A stored measurement, graded and diagnosed again by the current rules (a copy)."""
+    return json.loads(_load(str(store.metrics_file(arm, seed, corpus, kind))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _load(path: str) -> str:
+    document = json.loads(Path(path).read_text())
+    document["saes"] = [measured_downstream(e) for e in document["saes"]]
+    return json.dumps(_graded(document), default=str)
+
+
 def load_entry(store: Store, arm: Arm, seed: int, corpus: str, kind: str = "arm"
                ) -> dict[str, Any]:  # fmt: skip
-    document = json.loads(store.metrics_file(arm, seed, corpus, kind).read_text())
-    return document["saes"][0]
+    return load_document(store, arm, seed, corpus, kind)["saes"][0]

@@ -48,6 +48,7 @@ from _rx_run import (  # noqa: E402
     cached_tokens,
     changed,
     heartbeat,
+    load_document,
     load_entry,
     make_arm,
     measure,
@@ -104,8 +105,7 @@ def diagnose_case(store: Store, case: C.Case, base: dict[int, Arm], seed: int
     from saedoctor.health.apply import apply_health
     from saedoctor.health.policy import load_policy
 
-    docs = [json.loads(store.metrics_file(base[la], seed, C.DOCS_TEST, "baseline").read_text())
-            for la in case.layers]  # fmt: skip
+    docs = [load_document(store, base[la], seed, C.DOCS_TEST, "baseline") for la in case.layers]
     document = {"run": docs[0]["run"], "saes": [d["saes"][0] for d in docs]}
     return apply_health(document, load_policy())
 
@@ -414,7 +414,8 @@ def write(run: Run, out: Path, diagnosed: dict, plans: dict, rules: dict, extras
     if "guide" in run.done:
         reference, g_arms = guide_reference(run.b), guide_arms(run.b, run.guides)
         d_arms = domain_arms(run.b, run.args.quick)
-        guide = guide_section(store, seeds, run.guides, reference, g_arms, d_arms, verdicts)
+        guide = guide_section(store, seeds, run.guides, reference, g_arms, d_arms, verdicts,
+                              bases, extras)  # fmt: skip
         on_docs += [reference, *g_arms.values()]
         on_code = list(d_arms.values())
     runs = record_run(run)
@@ -464,13 +465,15 @@ def build_arms(cases: list[C.Case], bases: dict[str, dict[int, Arm]],
     for case in cases:
         document = diagnosed[case.name][0]
         base = bases[case.name][case.layer]
-        found = fired(document, case)
         if case.plan and (plan := plan_arm(document, case)) is not None:
             plans[case.name] = plan
-        for rule in case.rules:
-            if rule in found:
+        for rule in case.rules:  # prescriptions of the first seed on which the rule fired
+            seed = next((s for s, d in enumerate(diagnosed[case.name]) if rule in fired(d, case)),
+                        None)  # fmt: skip
+            if seed is not None:
+                found = fired(diagnosed[case.name][seed], case)
                 arms = rule_arms(case, base, found[rule])
-                rules[(case.name, rule)] = {k: (a, p, case.name) for k, (a, p) in arms.items()}
+                rules[(case.name, rule)] = {k: (a, p, seed) for k, (a, p) in arms.items()}
         for label, changes in case.extras.items():
             extras[(case.name, label)] = (with_change(case, base, changes), case.name)
     return plans, rules, extras
@@ -496,10 +499,10 @@ def _case_block(store: Store, case: C.Case, bases: dict, rule: str, arms: dict, 
     case_name = case.name
     base = bases[case_name][case.layer]
     block = {}
-    for key, (arm, prescribed, _) in arms.items():
+    for key, (arm, prescribed, seed) in arms.items():
         block[key] = {**judge(store, base, arm, metric, better, seeds, C.DOCS_TEST),
                       "prescribed": prescribed, "change": changed(base, arm),
-                      "case": case_name}  # fmt: skip
+                      "case": case_name, "prescribed_on_seed": seed}  # fmt: skip
     if case_name in plans:
         arm, about = plans[case_name]
         block["plan"] = {**judge(store, base, arm, metric, better, seeds, C.DOCS_TEST),
@@ -569,8 +572,8 @@ def _seed_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 # -- the guide and its mismatch story ------------------------------------------------------------
 def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], reference: Arm,
-                  g_arms: dict[str, Arm], d_arms: dict[str, Arm], verdicts: dict
-                  ) -> dict[str, Any]:  # fmt: skip
+                  g_arms: dict[str, Arm], d_arms: dict[str, Arm], verdicts: dict,
+                  bases: dict, extras: dict) -> dict[str, Any]:  # fmt: skip
     recs = {}
     for g in guides:
         arm = g_arms[g.name]
@@ -584,7 +587,12 @@ def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], refe
             domain[f"{name} vs domain preset"] = judge(
                 store, ref, arm, "loss_recovered", "higher", seeds, C.CODE_TEST
             )
-    late = verdicts.get("late_layer_reconstruction", {})
+    per_layer = {}
+    sweep = bases.get("preset_every_depth")
+    for (case_name, label), (arm, _) in extras.items():
+        if case_name == "preset_every_depth" and sweep:
+            per_layer[label] = judge(store, sweep[max(sweep)], arm, "loss_recovered", "higher",
+                                     seeds, C.DOCS_TEST)  # fmt: skip
     return {
         "reference": {"arm_id": reference.id, "config": reference.describe(),
                       "about": "saedoctor's general preset at block 10 on python-docs@train"},
@@ -602,7 +610,7 @@ def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], refe
         "domain_as_written": C.GUIDE_DOMAIN_AS_WRITTEN,
         "domain": domain,
         "domain_data": verdicts.get("data_mismatch", {}).get("dataset"),
-        "per_layer": {k: v for k, v in late.items() if not v.get("prescribed", True)},
+        "per_layer": per_layer,
         "presets": {"general": reference.id, "domain": ref.id},
     }  # fmt: skip
 
