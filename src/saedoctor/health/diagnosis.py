@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from saedoctor.health.evidence import with_evidence
 from saedoctor.health.grading import grade_entry
 from saedoctor.health.policy import Policy
 from saedoctor.health.rules import ENTRY_RULES, SWEEP_RULES, best_sae
@@ -33,7 +34,7 @@ def diagnose_entry(
     """Every diagnosis that fires for one SAE entry, most severe first."""
     ctx = Context(policy, grading or grade_entry(entry, policy), run or {})
     found = [d for rule in ENTRY_RULES if (d := rule(entry, ctx)) is not None]
-    return by_severity(found)
+    return by_severity([with_evidence(d) for d in found])
 
 
 def merge_prescriptions(diagnoses: list[Diagnosis]) -> list[Prescription]:
@@ -69,6 +70,6 @@ def diagnose_sweep(
     """The report's `sweep` block: findings across SAEs and the best one's name."""
     graded = graded_sweep(entries, policy)
     ctx = SweepContext(policy, run or {})
-    found = [d for rule in SWEEP_RULES if (d := rule(graded, ctx)) is not None]
+    found = [with_evidence(d) for rule in SWEEP_RULES if (d := rule(graded, ctx)) is not None]
     best = best_sae(graded)
     return {"diagnoses": by_severity(found), "best": best.name if best else None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from saedoctor.health.policy import NOT_MEASURED, Policy
 
@@ -16,6 +16,7 @@ class Prescription(TypedDict):
     old: Any
     new: Any
     why: str
+    evidence: NotRequired[dict[str, Any]]  # health/evidence.py: measured verdict or unproven
 
 
 class Diagnosis(TypedDict):

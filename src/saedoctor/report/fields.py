@@ -123,4 +123,18 @@ def prescription_text(prescription: dict[str, Any]) -> str:
     old = prescription.get("old")
     change = f"{prescription['field']}: {'unset' if old is None else old} → {prescription['new']}"
     why = prescription.get("why")
-    return f"{change} ({why})" if why else change
+    text = f"{change} ({why})" if why else change
+    measured = evidence_text(prescription)
+    return f"{text} [{measured}]" if measured else text
+
+
+def evidence_text(prescription: dict[str, Any]) -> str:
+    """'measured: helped, dead_pct -70.6 (95 % CI -72.7 to -68.5), 3 seeds', 'unproven …', ''."""
+    found = prescription.get("evidence")
+    if not found:
+        return ""
+    if found.get("verdict") == "unproven":
+        return "unproven: not measured by the prescription benchmark"
+    low, high = found["interval"]
+    return (f"measured: {found['verdict']}, {found['metric']} {found['delta']:+.3g} "
+            f"(95 % CI {low:+.3g} to {high:+.3g}), {found['seeds']} seeds")  # fmt: skip

@@ -11,6 +11,7 @@ from saedoctor.report.fields import (
     LABELS,
     NOT_MEASURED,
     ROWS,
+    evidence_text,
     format_metric,
     format_value,
     status_by_metric,
@@ -190,11 +191,12 @@ def percent(value: float | None, digits: int = 2) -> str:
 def prescription_table(prescriptions: list[dict[str, Any]]) -> Table | None:
     if not prescriptions:
         return None
-    table = Table(["field", "old", "new", "why"])
+    table = Table(["field", "old", "new", "why", "evidence"])
     for p in prescriptions:
         old = p.get("old")
         table.rows.append([Cell(p["field"]), Cell("unset" if old is None else str(old)),
-                           Cell(str(p["new"])), Cell(p.get("why") or "")])
+                           Cell(str(p["new"])), Cell(p.get("why") or ""),
+                           Cell(evidence_text(p))])
     return table
 
 
