@@ -57,6 +57,10 @@ from _rx_run import (  # noqa: E402
 )
 
 NAME = "prescriptions"
+# Per-feature arrays and cards: no rule reads them, and they would make the result file large.
+BULKY_ENTRY_KEYS = ("feature_density", "feature_mean_activation", "cards", "diagnoses",
+                    "prescriptions")
+RUN_KEYS_RULES_READ = ("corpus", "compare_corpus", "tokens_counted", "model", "options")
 NOT_TRAINING = ("eval_tokens", "eval_site", "eval_input_scale", "eval_include_special")
 
 
@@ -133,6 +137,9 @@ def case_summary(case: C.Case, docs: list[dict[str, Any]]) -> dict[str, Any]:
             "prescriptions": {rule: d.get("prescriptions") or [] for rule, d in found.items()},
             "severity": {rule: d.get("severity") for rule, d in found.items()},
             "dense_latent_classes": [x.get("class") for x in entry.get("dense_latents") or []],
+            # what today's rules are re-run on (tests/test_prescription_evidence.py)
+            "entry": {k: v for k, v in entry.items() if k not in BULKY_ENTRY_KEYS},
+            "run": {k: v for k, v in document["run"].items() if k in RUN_KEYS_RULES_READ},
         })  # fmt: skip
     return {"about": case.about, "layers": list(case.layers), "dataset": case.dataset,
             "baseline_config": case.config, "rules": list(case.rules),
