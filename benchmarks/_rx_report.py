@@ -22,7 +22,7 @@ def verdict_row(rule: str, key: str, v: dict[str, Any]) -> str:
         return f"| {rule} | {key} | {v.get('metric')} | | | | | {v['verdict']} | |"
     base, arm = v["baseline"], v["arm"]
     change = ", ".join(f"{k}={_short(x)}" for k, x in (v.get("change") or {}).items())
-    mark = "" if v.get("prescribed", True) else " (not prescribed)"
+    mark = _mark(v)
     return (f"| {rule} | {key}{mark}: {change} | {v['metric']} | {fmt(base['mean'])} "
             f"{interval(base['interval'])} | {fmt(arm['mean'])} {interval(arm['interval'])} | "
             f"{fmt(v['delta'])} {interval(v['interval'])} | {v['verdict']} | "
@@ -112,7 +112,7 @@ def fig_tables(result: dict[str, Any]) -> str:
         for key, v in block.items():
             if "baseline" not in v:
                 continue
-            mark = "" if v.get("prescribed", True) else " (not prescribed)"
+            mark = _mark(v)
             path = f'verdicts.{rule}["{key}"]'
             lines.append(f"| `{rule}` | {key}{mark} | {v['metric']} | {_cells(path, v)} |")
     guide = result.get("guide") or {}
@@ -138,3 +138,9 @@ if __name__ == "__main__":
 
     results = Path(__file__).parent / "results" / FILE
     sys.stdout.write(fig_tables(json.loads(results.read_text())))
+
+
+def _mark(v: dict[str, Any]) -> str:
+    if v.get("prescribed", True):
+        return ""
+    return " (retired prescription)" if v.get("retired") else " (not prescribed)"

@@ -482,8 +482,17 @@ def build_arms(cases: list[C.Case], bases: dict[str, dict[int, Arm]],
                 arms = rule_arms(case, base, found[rule])
                 rules[(case.name, rule)] = {k: (a, p, seed) for k, (a, p) in arms.items()}
         for label, changes in case.extras.items():
-            extras[(case.name, label)] = (with_change(case, base, changes), case.name)
+            extras[(case.name, label)] = (with_change(case, base, changes), case.rules[0])
+        for rule, changes in case.retired:
+            label = f"{', '.join(changes)} (retired)"
+            extras[(case.name, label)] = (with_change(case, base, doubled(base, changes)), rule)
     return plans, rules, extras
+
+
+def doubled(base: Arm, changes: dict[str, Any]) -> dict[str, Any]:
+    """A retired change as trained: `x2` doubles the baseline's value."""
+    fields = base.describe()
+    return {k: 2 * fields[k] if v == C.DOUBLE else v for k, v in changes.items()}
 
 
 def rule_verdicts(store: Store, cases: list[C.Case], bases: dict, rules: dict, plans: dict,
@@ -515,17 +524,12 @@ def _case_block(store: Store, case: C.Case, bases: dict, rule: str, arms: dict, 
         block["plan"] = {**judge(store, base, arm, metric, better, seeds, C.DOCS_TEST),
                          "prescribed": True, "change": changed(base, arm),
                          "case": case_name, "plan": about}  # fmt: skip
-    for (extra_case, label), (arm, _) in extras.items():
-        if extra_case == case_name and _extra_fits(rule, case):
+    for (extra_case, label), (arm, judged_on) in extras.items():
+        if extra_case == case_name and judged_on == rule:
             block[label] = {**judge(store, base, arm, metric, better, seeds, C.DOCS_TEST),
-                            "prescribed": False, "change": changed(base, arm),
-                            "case": case_name}  # fmt: skip
+                            "prescribed": False, "retired": label.endswith("(retired)"),
+                            "change": changed(base, arm), "case": case_name}  # fmt: skip
     return block
-
-
-def _extra_fits(rule: str, case: C.Case) -> bool:
-    """Extras are judged on the case's first rule (always-on; the late-layer pattern)."""
-    return rule == case.rules[0]
 
 
 def untested(cases: list[C.Case], diagnosed: dict[str, list[dict]]) -> dict[str, Any]:
@@ -616,7 +620,7 @@ def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], refe
         "general_as_written": C.GUIDE_GENERAL_AS_WRITTEN,
         "domain_as_written": C.GUIDE_DOMAIN_AS_WRITTEN,
         "domain": domain,
-        "domain_data": verdicts.get("data_mismatch", {}).get("dataset"),
+        "domain_data": verdicts.get("data_mismatch", {}).get("dataset (retired)"),
         "per_layer": per_layer,
         "presets": {"general": reference.id, "domain": ref.id},
     }  # fmt: skip

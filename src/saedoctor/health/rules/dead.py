@@ -7,8 +7,8 @@ from typing import Any
 from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num, plural
 from saedoctor.health.policy import PROBLEMS
-from saedoctor.health.rules.common import double_tokens, halve_expansion, may_shrink_dictionary
-from saedoctor.health.training import architecture, is_topk, numeric_old, prescribe
+from saedoctor.health.rules.common import halve_expansion, may_shrink_dictionary
+from saedoctor.health.training import architecture, is_topk, prescribe
 from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis, severity_of
 from saedoctor.health.values import metric_value
 from saedoctor.thresholds import DEAD_DENSITY
@@ -17,7 +17,6 @@ from saedoctor.thresholds import DEAD_DENSITY
 # "dead" rather than "rare": below it, Poisson noise alone makes live latents look dead.
 MIN_EXPECTED_FIRINGS = 20
 RECOMMENDED_EVAL_TOKENS = 100_000  # 50 expected firings at the threshold
-AUXK_ALPHA = 1 / 32  # Gao et al. 2024 (OpenAI TopK SAEs), sparsify's default
 
 
 def dead_features(entry: dict[str, Any], ctx: Context) -> Diagnosis | None:
@@ -93,16 +92,9 @@ def _training_fixes(entry: dict[str, Any], ctx: Context) -> list[Prescription]:
                 "TopK with AuxK keeps latents alive without an L1 penalty pushing them to zero",
             )
         )
-    if (numeric_old(entry, "auxk_alpha") or 0) <= 0:
-        found.append(
-            prescribe(
-                entry,
-                "auxk_alpha",
-                AUXK_ALPHA,
-                "an AuxK loss makes dead latents reconstruct the residual, reviving them",
-            )
-        )
+    # Measured (docs/prescriptions.md): AuxK changed nothing and doubling the tokens cost a
+    # diversity band, so neither is prescribed; b_dec at the mean (the pre-flight's and the
+    # always-on rule's prescription) is what revived the latents.
     if may_shrink_dictionary(ctx):
         found += halve_expansion(entry, "fewer latents for the same data: fewer starve and die")
-    found += double_tokens(entry, "more data gives rare latents enough examples to stay alive")
     return within_limits(entry, found)

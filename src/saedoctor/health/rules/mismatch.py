@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num, pct
-from saedoctor.health.training import prescribe
-from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis
+from saedoctor.health.types import Context, Diagnosis, diagnosis
 from saedoctor.health.values import as_number, metric_value
 
 # JSD (bits) between the two corpora's normalised feature-density vectors. Sampling noise
@@ -62,7 +60,6 @@ def _from_comparison(
     main_name = ctx.run.get("corpus")
     other_name = comparison.get("corpus") or ctx.run.get("compare_corpus")
     main, other = main_name or "the main corpus", other_name or "the compare corpus"
-    worse = _worse_corpus(entry, main_name, other_name, big)
     severity = _severity(big, ctx)
     return diagnosis(
         "data_mismatch",
@@ -72,8 +69,10 @@ def _from_comparison(
         "The SAE behaves differently on the two corpora: features it uses on one are silent on "
         "the other and reconstruction changes. An SAE only learns the directions its "
         "training data exercises, so on another domain it falls back on generic, dense "
-        "features. Train (or fine-tune) it on the domain you will analyse.",
-        _dataset(entry, worse),
+        "features. Train (or fine-tune) it on the domain you will analyse. Retraining on "
+        "the evaluated domain was not measurably better in saedoctor's prescription "
+        "benchmark (docs/prescriptions.md), so it is not prescribed as a fix.",
+        [],
     )
 
 
@@ -91,16 +90,6 @@ def _significant(interval: Any) -> bool:
         return True
     low, high = interval
     return not low <= 0 <= high
-
-
-def _worse_corpus(
-    entry: dict[str, Any], main: str | None, other: str | None, big: dict[str, float]
-) -> str | None:
-    """The corpus the SAE serves worse: lower reconstruction, else the one it did not see."""
-    if big:
-        return other if next(iter(big.values())) < 0 else main
-    trained = dataset_name(training_corpus(entry))
-    return main if trained is not None and dataset_name(other) == trained else other
 
 
 def _severity(big: dict[str, float], ctx: Context) -> str:
@@ -171,16 +160,8 @@ def _from_training_corpus(entry: dict[str, Any], ctx: Context) -> Diagnosis | No
         "The SAE was trained on one domain and is judged on another, and it grades poor here. "
         "An SAE only learns the directions its training data exercises: off-domain it "
         "reconstructs worse and leans on generic, dense features. Train it on the domain you "
-        "will analyse (the guide's FinLlama case: WikiText-103 SAE, financial text).",
-        _dataset(entry, str(evaluated)),
+        "will analyse (the guide's FinLlama case: WikiText-103 SAE, financial text). "
+        "Retraining on the evaluated domain was not measurably better in saedoctor's "
+        "prescription benchmark (docs/prescriptions.md), so it is not prescribed as a fix.",
+        [],
     )
-
-
-def _dataset(entry: dict[str, Any], target: str | None) -> list[Prescription]:
-    """Train on the target's dataset, its train split: never on the evaluation split itself."""
-    if not target or dataset_name(target) == dataset_name(training_corpus(entry)):
-        return []
-    base = target.split("@", 1)[0]
-    new = f"{base}@train" if "@" in target else target
-    why = f"train on the domain it is evaluated on ({target})"
-    return within_limits(entry, [prescribe(entry, "dataset", new, why)])
