@@ -157,10 +157,10 @@ def test_sample_run_with_problems_gets_merged_prescriptions() -> None:
     # Trainer already had AuxK: not prescribed again. old values come from the trainer config.
     assert "auxk_alpha" not in presc
     assert (presc["expansion_factor"]["old"], presc["expansion_factor"]["new"]) == (8, 4)
-    assert (presc["training_tokens"]["old"], presc["training_tokens"]["new"]) == (498688, 997376)
-    # The quick trainer starts b_dec at the data mean: the diversity loss comes next.
-    assert presc["diversity_loss_weight"]["new"] == 0.01
-    assert presc["b_dec_init"]["old"] == "mean"
+    # Measured not to help (docs/prescriptions.md): doubled tokens, a diversity loss.
+    assert "training_tokens" not in presc and "diversity_loss_weight" not in presc
+    # The quick trainer starts b_dec at the data mean: the geometric median comes next.
+    assert (presc["b_dec_init"]["old"], presc["b_dec_init"]["new"]) == ("mean", "geometric_median")
     json.dumps(doc, allow_nan=False)
 
 

@@ -85,9 +85,6 @@ EXTREME: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         make_entry(layer=3, trainer={"k": 32, "b_dec_init": "mean", "diversity_loss_weight": 0.6,
                                      "decoder_orthogonality_weight": 2.0},
                    always_on_count=3, absorption=0.4), RUN),
-    "negative diversity weight, always-on": (
-        make_entry(layer=3, trainer={"k": 32, "b_dec_init": "mean", "diversity_loss_weight": -1},
-                   always_on_count=3), RUN),
     "negative orthogonality weight, absorption": (
         make_entry(layer=3, trainer={"k": 32, "decoder_orthogonality_weight": -1},
                    absorption=0.4), RUN),
@@ -121,10 +118,12 @@ def test_every_rule_prescribes_only_what_train_accepts(case: str) -> None:
     diagnoses = [d for rule in ENTRY_RULES if (d := rule(entry, ctx)) is not None]
     assert diagnoses, f"{case}: the entry was built to fire a rule"
     for d in diagnoses:
-        retrained(entry, run, d["prescriptions"])
+        if d["prescriptions"]:  # a rule may prescribe nothing measured to help
+            retrained(entry, run, d["prescriptions"])
         for p in d["prescriptions"]:
             assert p["new"] != p["old"], p
-    retrained(entry, run, merge_prescriptions(diagnoses))
+    if merged := merge_prescriptions(diagnoses):
+        retrained(entry, run, merged)
 
 
 def test_the_extreme_entries_reach_every_rule() -> None:
@@ -189,23 +188,16 @@ def test_no_op_and_non_finite_prescriptions_are_dropped() -> None:
     assert "top_k" not in batch  # halving k = 1 stays 1
     assert "l1_penalty" not in prescribed(EXTREME["relu, huge L1, L0 too high"][0])  # 2e308: inf
     x1 = prescribed(EXTREME["x1, dead"][0])
-    assert "expansion_factor" not in x1 and x1["auxk_alpha"]["new"] == 1 / 32
+    assert "expansion_factor" not in x1  # x1 halved would be narrower than the model
 
 
 def test_weights_not_in_use_start_at_their_defaults() -> None:
     used = prescribed(EXTREME["large weights in use, always-on and absorption"][0])
-    assert used["diversity_loss_weight"]["new"] == 1.2
+    assert "diversity_loss_weight" not in used  # measured to change nothing
     assert used["decoder_orthogonality_weight"]["new"] == 4
     # A negative weight (a config train refuses) is not "in use": the starting weight again.
-    diversity = prescribed(EXTREME["negative diversity weight, always-on"][0])
-    assert diversity["diversity_loss_weight"]["new"] == 0.01
     orthogonality = prescribed(EXTREME["negative orthogonality weight, absorption"][0])
     assert orthogonality["decoder_orthogonality_weight"]["new"] == 0.01
-
-
-def test_fractional_token_counts_become_whole() -> None:
-    p = prescribed(EXTREME["fractional token count, dead"][0])["training_tokens"]
-    assert p["new"] == 300_001 and isinstance(p["new"], int)
 
 
 # apply_prescriptions: a prescription is skipped only for its own fault ---------------------

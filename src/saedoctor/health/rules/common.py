@@ -53,13 +53,6 @@ def double_expansion(entry: dict[str, Any], why: str) -> list[Prescription]:
     return [] if old is None else [prescribe(entry, "expansion_factor", tidy(old * 2), why)]
 
 
-def double_tokens(entry: dict[str, Any], why: str) -> list[Prescription]:
-    old = numeric_old(entry, "training_tokens")
-    if old is None or old <= 0:
-        return []
-    return [prescribe(entry, "training_tokens", int(old * 2), why)]
-
-
 def scaled_penalties(entry: dict[str, Any], factor: float, why: str) -> list[Prescription]:
     """l1_penalty / sparsity_penalty × factor, for each the trainer config names."""
     found = []
