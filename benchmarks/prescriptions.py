@@ -74,7 +74,7 @@ class Budget:
 
 
 FULL = Budget(seeds=3, train=24_000, eval=40_000, downstream=512, compare=16_000)
-QUICK = Budget(seeds=3, train=4096, eval=2048, downstream=128, compare=1024)
+QUICK = Budget(seeds=3, train=2048, eval=1024, downstream=64, compare=1024)
 
 
 def parse() -> argparse.Namespace:
@@ -468,7 +468,7 @@ def build_arms(cases: list[C.Case], bases: dict[str, dict[int, Arm]],
     """From seed 0's diagnoses: the plan arm per case, each targeted rule's arms, extras."""
     plans: dict[str, tuple[Arm, dict]] = {}
     rules: dict[tuple[str, str], dict[str, tuple[Arm, bool, str]]] = {}
-    extras: dict[tuple[str, str], tuple[Arm, str]] = {}
+    extras: dict[tuple[str, str], tuple[Arm, tuple[str, ...]]] = {}
     for case in cases:
         document = diagnosed[case.name][0]
         base = bases[case.name][case.layer]
@@ -482,10 +482,12 @@ def build_arms(cases: list[C.Case], bases: dict[str, dict[int, Arm]],
                 arms = rule_arms(case, base, found[rule])
                 rules[(case.name, rule)] = {k: (a, p, seed) for k, (a, p) in arms.items()}
         for label, changes in case.extras.items():
-            extras[(case.name, label)] = (with_change(case, base, changes), case.rules[0])
-        for rule, changes in case.retired:
+            extras[(case.name, label)] = (with_change(case, base, changes), (case.rules[0],))
+        for rule, changes in case.retired:  # one arm may be retired from several rules
             label = f"{', '.join(changes)} (retired)"
-            extras[(case.name, label)] = (with_change(case, base, doubled(base, changes)), rule)
+            arm = with_change(case, base, doubled(base, changes))
+            before = extras.get((case.name, label), (arm, ()))[1]
+            extras[(case.name, label)] = (arm, (*before, rule))
     return plans, rules, extras
 
 
@@ -525,7 +527,7 @@ def _case_block(store: Store, case: C.Case, bases: dict, rule: str, arms: dict, 
                          "prescribed": True, "change": changed(base, arm),
                          "case": case_name, "plan": about}  # fmt: skip
     for (extra_case, label), (arm, judged_on) in extras.items():
-        if extra_case == case_name and judged_on == rule:
+        if extra_case == case_name and rule in judged_on:
             block[label] = {**judge(store, base, arm, metric, better, seeds, C.DOCS_TEST),
                             "prescribed": False, "retired": label.endswith("(retired)"),
                             "change": changed(base, arm), "case": case_name}  # fmt: skip
