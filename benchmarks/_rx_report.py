@@ -131,6 +131,14 @@ def fig_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+def _mark(v: dict[str, Any]) -> str:
+    if v.get("prescribed", True):
+        return ""
+    # a retired arm's key already says "(retired)"
+    return "" if v.get("retired") else " (not prescribed)"
+
+
 if __name__ == "__main__":
     import json
     import sys
@@ -138,9 +146,3 @@ if __name__ == "__main__":
 
     results = Path(__file__).parent / "results" / FILE
     sys.stdout.write(fig_tables(json.loads(results.read_text())))
-
-
-def _mark(v: dict[str, Any]) -> str:
-    if v.get("prescribed", True):
-        return ""
-    return " (retired prescription)" if v.get("retired") else " (not prescribed)"

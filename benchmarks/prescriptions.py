@@ -99,16 +99,22 @@ def budget_of(args: argparse.Namespace) -> Budget:
 
 # -- baselines and their diagnoses ------------------------------------------------------------
 def baseline_arms(case: C.Case, b: Budget) -> dict[int, Arm]:
-    return {layer: make_arm(layer, case.dataset, {**case.config, "training_tokens": b.train})
+    tokens = b.train * case.train_scale
+    return {layer: make_arm(layer, case.dataset, {**case.config, "training_tokens": tokens})
             for layer in case.layers}  # fmt: skip
 
 
-def diagnose_case(store: Store, case: C.Case, base: dict[int, Arm], seed: int
-                  ) -> dict[str, Any]:  # fmt: skip
-    """The case's baseline(s) of one seed as one report, graded and diagnosed."""
+def diagnose_case(store: Store, case: C.Case, base: dict[int, Arm], seed: int,
+                  compared: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The case's baseline(s) of one seed as one report, graded and diagnosed; a case with a
+    second corpus is read from the `--compare-corpus` report of its baselines (`compared`)."""
     from saedoctor.health.apply import apply_health
     from saedoctor.health.policy import load_policy
 
+    if case.compare and compared is not None:
+        entry = compared["saes"][seed]  # the baselines come first, one per seed
+        document = {"run": compared["run"], "saes": [entry]}
+        return apply_health(json.loads(json.dumps(document)), load_policy())
     docs = [load_document(store, base[la], seed, C.DOCS_TEST, "baseline") for la in case.layers]
     document = {"run": docs[0]["run"], "saes": [d["saes"][0] for d in docs]}
     return apply_health(document, load_policy())
@@ -361,8 +367,9 @@ def main() -> None:
     cache_everything(run.store, b, {**cache_needs(base_list, b), **doubled})
     train_arms(run.store, base_list, run.seeds)
     measure(run.store, [(a, s) for a in base_list[:-1] for s in run.seeds], docs, full=True)
-    diagnosed = {c.name: [diagnose_case(run.store, c, bases[c.name], s) for s in run.seeds]
-                 for c in cases}  # fmt: skip
+    compared = compare_document(run.store, bases, b, run.seeds)
+    diagnosed = {c.name: [diagnose_case(run.store, c, bases[c.name], s, compared)
+                          for s in run.seeds] for c in cases}  # fmt: skip
     plans, rules, extras = build_arms(cases, bases, diagnosed)
     for case in cases:  # most informative first; a result file after each
         wanted = case_arms(case.name, plans, rules, extras) + [bases[case.name][case.layer]]
@@ -622,7 +629,7 @@ def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], refe
         "general_as_written": C.GUIDE_GENERAL_AS_WRITTEN,
         "domain_as_written": C.GUIDE_DOMAIN_AS_WRITTEN,
         "domain": domain,
-        "domain_data": verdicts.get("data_mismatch", {}).get("dataset (retired)"),
+        "domain_data": verdicts.get("data_mismatch", {}).get("dataset"),
         "per_layer": per_layer,
         "presets": {"general": reference.id, "domain": ref.id},
     }  # fmt: skip
@@ -637,9 +644,22 @@ def story_arm(bases: dict) -> Arm:
 def mismatch_story(store: Store, bases: dict, b: Budget, seeds: list[int]) -> dict[str, Any]:
     """The code-trained SAE diagnosed on python-docs@test against python-code@test, and the
     SAE retrained on python-docs the same way."""
+    doc = compare_document(store, bases, b, seeds)
+    rows = {}
+    for i, label in enumerate(("trained on python-code", "trained on python-docs")):
+        entries = doc["saes"][i * len(seeds) : (i + 1) * len(seeds)]
+        rows[label] = [_story_row(e) for e in entries]
+    return {"tokens": b.compare, "corpus": C.DOCS_TEST, "compare_corpus": C.CODE_TEST,
+            "training_tokens": dict(story_arm(bases).run)["training_tokens"],
+            "rows": rows}  # fmt: skip
+
+
+def compare_document(store: Store, bases: dict, b: Budget, seeds: list[int]) -> dict[str, Any]:
+    """`diagnose --corpus python-docs@test --compare-corpus python-code@test` of the
+    code-trained baselines, then of the same SAEs retrained on python-docs (seed order)."""
     case = next(c for c in C.CASES if c.name == "code_trained")
     code_arm, docs_arm = bases[case.name][case.layer], story_arm(bases)
-    path = store.work / "mismatch-compare.json"
+    path = store.work / f"mismatch-compare-{code_arm.id}-{docs_arm.id}.json"
     if not path.is_file():
         from saedoctor.diagnose import DiagnoseOptions, diagnose
 
@@ -651,14 +671,7 @@ def mismatch_story(store: Store, bases: dict, b: Budget, seeds: list[int]) -> di
                                            cards=0, quiet=True,
                                            explain_tokens=b.compare))  # fmt: skip
         path.write_text(json.dumps(doc, default=str))
-    doc = json.loads(path.read_text())
-    rows = {}
-    for i, (label, _) in enumerate((("trained on python-code", code_arm),
-                                    ("trained on python-docs", docs_arm))):  # fmt: skip
-        entries = doc["saes"][i * len(seeds) : (i + 1) * len(seeds)]
-        rows[label] = [_story_row(e) for e in entries]
-    return {"tokens": b.compare, "corpus": C.DOCS_TEST, "compare_corpus": C.CODE_TEST,
-            "rows": rows}  # fmt: skip
+    return json.loads(path.read_text())
 
 
 def _story_row(entry: dict[str, Any]) -> dict[str, Any]:

@@ -321,9 +321,36 @@ def test_mismatch_from_corpus_comparison() -> None:
         evidence
     )
     assert "change -0.12" in evidence
-    # retraining on the evaluated corpus was measured not to help (docs/prescriptions.md)
-    assert d["prescriptions"] == []
-    assert "not measurably better" in d["explanation"]
+    # the compare corpus is the one it serves worse: train on its train split
+    assert [(p["field"], p["new"]) for p in d["prescriptions"]] == [
+        ("dataset", "python-code@train")
+    ]
+
+
+def own_domain(ve_delta: float, interval: list[float] | None) -> dict[str, Any]:
+    """Trained on python-code, evaluated on python-docs@test, compared on python-code@test
+    (invented numbers: the JSD stays below its threshold so only the gap can fire)."""
+    c = comparison(0.06, ve_delta)
+    if interval is not None:
+        c["delta_intervals"] = {"variance_explained": interval}
+    return make_entry(training_corpus="python-code@train", corpus_comparison=c)
+
+
+def test_mismatch_from_an_advantage_on_the_own_training_domain() -> None:
+    from saedoctor.health.rules.mismatch import OWN_DOMAIN_GAP
+
+    d = fired(own_domain(OWN_DOMAIN_GAP + 0.02, [0.06, 0.08]))["data_mismatch"]
+    assert d["severity"] == "warning"
+    assert "python-code@test is the SAE's own training dataset" in text(d)
+    assert [(p["field"], p["new"]) for p in d["prescriptions"]] == [
+        ("dataset", "python-docs@train")
+    ]
+    # below the gap, or an interval that reaches 0, or the gap against its own domain: silent
+    assert "data_mismatch" not in fired(own_domain(OWN_DOMAIN_GAP - 0.01, [0.03, 0.05]))
+    assert "data_mismatch" not in fired(own_domain(OWN_DOMAIN_GAP + 0.02, [-0.01, 0.15]))
+    assert "data_mismatch" not in fired(own_domain(-(OWN_DOMAIN_GAP + 0.02), [-0.08, -0.06]))
+    evaluated_on_own = own_domain(OWN_DOMAIN_GAP + 0.02, [0.06, 0.08])
+    assert "data_mismatch" not in fired(evaluated_on_own, {"corpus": "python-code@test"})
 
 
 def test_mismatch_density_shift_alone_is_info_and_severe_drop_is_critical() -> None:
@@ -338,7 +365,9 @@ def test_mismatch_from_training_corpus_when_poor() -> None:
     d = fired(finllama_entry(), run)["data_mismatch"]
     assert d["title"] == "trained on wikitext-103, evaluated on financial-news@test"
     assert "held back by l0, dead_pct" in text(d)
-    assert d["prescriptions"] == []
+    assert [(p["field"], p["new"]) for p in d["prescriptions"]] == [
+        ("dataset", "financial-news@train")
+    ]
 
 
 @pytest.mark.parametrize(

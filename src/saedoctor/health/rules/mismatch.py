@@ -1,9 +1,11 @@
 """Rule (f): training-data mismatch.
 
 Two signals. With a second corpus (`corpus_comparison`): a per-feature density shift (JSD)
-whose 95 % interval lies wholly above the threshold, or a large change of variance
-explained / loss recovered between the corpora whose interval excludes 0 — sampling noise
-alone never fires it. Without one: the
+whose 95 % interval lies wholly above the threshold, a large change of variance
+explained / loss recovered between the corpora, or — when the second corpus is the SAE's own
+training dataset (SPEC §4: "metrics on the training corpus vs the evaluation corpus") — a
+smaller advantage on that training domain; a change counts only when its interval excludes 0,
+so sampling noise alone never fires it. Without one: the
 SAE's training corpus is a different dataset from the evaluation corpus AND it graded poor
 (a different corpus alone is normal: most SAEs are used off their training data).
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from saedoctor.health.clamp import within_limits
 from saedoctor.health.fmt import num, pct
-from saedoctor.health.types import Context, Diagnosis, diagnosis
+from saedoctor.health.training import prescribe
+from saedoctor.health.types import Context, Diagnosis, Prescription, diagnosis
 from saedoctor.health.values import as_number, metric_value
 
 # JSD (bits) between the two corpora's normalised feature-density vectors. Sampling noise
@@ -21,6 +25,10 @@ from saedoctor.health.values import as_number, metric_value
 # with only 60k firings in all, simulated); two domains (prose vs code) sit well above 0.1.
 JSD_THRESHOLD = 0.1
 DROP_THRESHOLD = 0.10  # absolute change of variance explained / loss recovered (10 points)
+# With the SAE's own training dataset as the second corpus, a gap in its favour is what a
+# domain it never learned looks like (a harder corpus would also show one: the prescription
+# benchmark's control, an SAE trained on the evaluated corpus, tells the two apart there).
+OWN_DOMAIN_GAP = 0.05
 SEVERE_DROP = 0.20
 RECON_KEYS = ("loss_recovered", "variance_explained")
 DELTA_KEYS = RECON_KEYS + ("l0", "dead_pct", "always_on_count")
@@ -54,26 +62,55 @@ def _from_comparison(
     intervals = comparison.get("delta_intervals") or {}
     big = {k: d for k, d in drops.items()
            if abs(d) >= DROP_THRESHOLD and _significant(intervals.get(k))}  # fmt: skip
-    shifted = jsd is not None and _above(jsd, comparison.get("density_jsd_interval"))
-    if not shifted and not big:
-        return None
     main_name = ctx.run.get("corpus")
     other_name = comparison.get("corpus") or ctx.run.get("compare_corpus")
+    own = _own_domain_gap(entry, main_name, other_name, drops, intervals)
+    shifted = jsd is not None and _above(jsd, comparison.get("density_jsd_interval"))
+    if not shifted and not big and not own:
+        return None
     main, other = main_name or "the main corpus", other_name or "the compare corpus"
-    severity = _severity(big, ctx)
+    severity = _severity({**big, **own}, ctx)
+    evidence = _comparison_evidence(entry, comparison, jsd, main, other)
+    if own:
+        evidence.append(
+            f"{other} is the SAE's own training dataset ({training_corpus(entry)}): it "
+            f"reconstructs it better by {', '.join(f'{k} {d:+.3f}' for k, d in own.items())} "
+            f"(fires at {OWN_DOMAIN_GAP} with the interval above 0)"
+        )
     return diagnosis(
         "data_mismatch",
         f"training-data mismatch between {main} and {other}",
         severity,
-        _comparison_evidence(entry, comparison, jsd, main, other),
+        evidence,
         "The SAE behaves differently on the two corpora: features it uses on one are silent on "
         "the other and reconstruction changes. An SAE only learns the directions its "
         "training data exercises, so on another domain it falls back on generic, dense "
-        "features. Train (or fine-tune) it on the domain you will analyse. Retraining on "
-        "the evaluated domain was not measurably better in saedoctor's prescription "
-        "benchmark (docs/prescriptions.md), so it is not prescribed as a fix.",
-        [],
+        "features. Train (or fine-tune) it on the domain you will analyse.",
+        _dataset(entry, _worse_corpus(entry, main_name, other_name, {**big, **own})),
     )
+
+
+def _own_domain_gap(
+    entry: dict[str, Any], main: str | None, other: str | None,
+    drops: dict[str, float], intervals: dict[str, Any],
+) -> dict[str, float]:
+    """Reconstruction changes in favour of the SAE's own training dataset when that dataset is
+    the second corpus and the main corpus is another one (deltas are second minus main)."""
+    trained = dataset_name(training_corpus(entry))
+    if trained is None or dataset_name(other) != trained or dataset_name(main) == trained:
+        return {}
+    return {k: d for k, d in drops.items()
+            if d >= OWN_DOMAIN_GAP and _significant(intervals.get(k))}  # fmt: skip
+
+
+def _worse_corpus(
+    entry: dict[str, Any], main: str | None, other: str | None, big: dict[str, float]
+) -> str | None:
+    """The corpus the SAE serves worse: lower reconstruction, else the one it did not see."""
+    if big:
+        return other if next(iter(big.values())) < 0 else main
+    trained = dataset_name(training_corpus(entry))
+    return main if trained is not None and dataset_name(other) == trained else other
 
 
 def _above(jsd: float, interval: Any) -> bool:
@@ -160,8 +197,16 @@ def _from_training_corpus(entry: dict[str, Any], ctx: Context) -> Diagnosis | No
         "The SAE was trained on one domain and is judged on another, and it grades poor here. "
         "An SAE only learns the directions its training data exercises: off-domain it "
         "reconstructs worse and leans on generic, dense features. Train it on the domain you "
-        "will analyse (the guide's FinLlama case: WikiText-103 SAE, financial text). "
-        "Retraining on the evaluated domain was not measurably better in saedoctor's "
-        "prescription benchmark (docs/prescriptions.md), so it is not prescribed as a fix.",
-        [],
+        "will analyse (the guide's FinLlama case: WikiText-103 SAE, financial text).",
+        _dataset(entry, str(evaluated)),
     )
+
+
+def _dataset(entry: dict[str, Any], target: str | None) -> list[Prescription]:
+    """Train on the target's dataset, its train split: never on the evaluation split itself."""
+    if not target or dataset_name(target) == dataset_name(training_corpus(entry)):
+        return []
+    base = target.split("@", 1)[0]
+    new = f"{base}@train" if "@" in target else target
+    why = f"train on the domain it is evaluated on ({target})"
+    return within_limits(entry, [prescribe(entry, "dataset", new, why)])
