@@ -118,3 +118,78 @@ def test_input_gradient_is_refused() -> None:
     xs = torch.randn(4, 3, requires_grad=True)
     with pytest.raises(ValueError, match="data"):
         topk_encode(xs, None, torch.randn(3, 8), torch.zeros(8), 2)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_sparse_decode_gradients_equal_autograd_float64(shared: bool) -> None:
+    """`sparse_decode`'s backward (latent-grouped W_dec rows, per-code dots) against autograd
+    through `embedding_bag` in float64; latents that never fire get a zero row."""
+    import torch.nn.functional as F
+
+    from saedoctor.train.topk_encode import LatentOrder, sparse_decode
+
+    gen = torch.Generator().manual_seed(3)
+    d_sae, d = 64, 12
+    idx = torch.stack([torch.randperm(d_sae - 8, generator=gen)[:K] for _ in range(N)])
+    vals64 = torch.rand(N, K, generator=gen).double()
+    w64 = torch.randn(d_sae, d, generator=gen).double()
+    weights = torch.randn(N, d, generator=gen).double()
+    grads = {}
+    for name, dtype in (("fast", torch.float32), ("naive", torch.float64)):
+        vals = vals64.to(dtype).requires_grad_(True)
+        w = w64.to(dtype).requires_grad_(True)
+        if name == "fast":
+            out = sparse_decode(vals, idx, w, LatentOrder() if shared else None)
+        else:
+            out = F.embedding_bag(idx, w, per_sample_weights=vals, mode="sum")
+        (out * weights.to(dtype)).sum().backward()
+        grads[name] = (vals.grad.double(), w.grad.double(), out.detach().double())
+    for fast, naive in zip(grads["fast"], grads["naive"], strict=True):
+        torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+    assert grads["fast"][1][d_sae - 8 :].abs().max() == 0  # never fired: no gradient
+
+
+def test_w_enc_is_latent_major_and_its_gradient_lands_without_a_copy() -> None:
+    """W_enc is stored `[d_in, d_sae]` with latent-major strides, its sparse gradient arrives in
+    that layout (no transpose copy), and Adam steps its contiguous transpose in place."""
+    acts = _data()
+    sae = TrainableSAE("s", Site(0), _cfg(), D_IN, total_steps=4)
+    sae.initialise(acts)
+    w_enc = sae.params["W_enc"]
+    assert w_enc.shape == (D_IN, sae.d_sae) and w_enc.stride() == (1, D_IN)
+    sae.micro_step(acts[:N], 0, 1.0)
+    assert w_enc.grad.stride() == w_enc.stride()
+    alias = sae.stepped["W_enc"]
+    assert alias.is_contiguous() and alias.data_ptr() == w_enc.data_ptr()
+    before = w_enc.detach().clone()
+    sae.optimizer_step(0)
+    assert not torch.equal(before, w_enc.detach())  # the step reached the parameter
+    assert w_enc.grad is None and alias.grad is None
+
+
+def test_resuming_a_checkpoint_with_row_major_moments_continues_the_same_run() -> None:
+    """A checkpoint written before W_enc's moments were stored latent-major (no `layout`
+    mark, moments `[d_in, d_sae]`) resumes to the same weights as the uninterrupted run."""
+    acts = _data(4)
+    runs = []
+    for old_checkpoint in (False, True):
+        sae = TrainableSAE("s", Site(0), _cfg(), D_IN, total_steps=4)
+        sae.initialise(acts)
+        for step in range(2):
+            sae.micro_step(acts[step * N : (step + 1) * N], step, 1.0)
+            sae.optimizer_step(step)
+        state = sae.state_dict()
+        if old_checkpoint:
+            state.pop("layout")
+            alias_index = list(sae.stepped).index("W_enc")
+            moments = state["optimizer"]["state"][alias_index]
+            for key in ("exp_avg", "exp_avg_sq"):
+                moments[key] = moments[key].T.contiguous()  # as W_enc's own orientation
+        resumed = TrainableSAE("s", Site(0), _cfg(), D_IN, total_steps=4)
+        resumed.load_state_dict(state)
+        for step in range(2, 4):
+            resumed.micro_step(acts[step * N : (step + 1) * N], step, 1.0)
+            resumed.optimizer_step(step)
+        runs.append({k: v.detach().clone() for k, v in resumed.params.items()})
+    for key, value in runs[0].items():
+        torch.testing.assert_close(runs[1][key], value, rtol=0, atol=0, msg=key)

@@ -10,9 +10,12 @@ with it never fire (the paper's γ predicts the dead fraction at initialisation,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from saedoctor.activations.moments import Moments, moments
 
 # γ at which the mean outweighs all per-token variation combined. For a TopK SAE with b_dec
 # at zero, a latent with an average alignment to μ then needs a ~3.5σ token deviation to
@@ -37,12 +40,14 @@ class OutlierSeverity:
 
 def outlier_severity(x: torch.Tensor) -> OutlierSeverity:
     """γ of rows `x [n, d]` (float64 sums); NaN when fewer than two rows or no variance."""
-    x = x.detach().double()
-    n = x.shape[0]
-    if n < 2:
-        return OutlierSeverity(float("nan"), float("nan"), float("nan"), n)
-    mean = x.mean(0)
-    std_norm = float((x - mean).pow(2).sum(1).mean().sqrt())
-    mean_norm = float(mean.norm())
+    return severity_of(moments(x))
+
+
+def severity_of(m: Moments) -> OutlierSeverity:
+    """γ from the moments of the rows (shared with the trainer's initialisation)."""
+    if m.rows < 2:
+        return OutlierSeverity(float("nan"), float("nan"), float("nan"), m.rows)
+    std_norm = math.sqrt(m.total_variance)
+    mean_norm = float(m.mean.norm())
     gamma = mean_norm / std_norm if std_norm > 0 else float("nan")
-    return OutlierSeverity(gamma, mean_norm, std_norm, n)
+    return OutlierSeverity(gamma, mean_norm, std_norm, m.rows)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saedoctor.activations.moments import LazyMoments
 from saedoctor.sae.clt import CrossLayerTranscoder, TensorDecoderSource
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.loaders import save_clt
@@ -92,9 +93,10 @@ class TrainableCLT:
         for block in self.blocks:
             block.reducer = value
 
-    def initialise_from(self, acts: dict[Site, torch.Tensor]) -> None:
+    def initialise_from(self, acts: dict[Site, torch.Tensor],
+                        stats: LazyMoments | None = None) -> None:  # fmt: skip
         for block in self.blocks:
-            block.initialise_from(acts)
+            block.initialise_from(acts, stats)
 
     # -- one micro-batch -----------------------------------------------------------------
     def train_rows(self, acts: dict[Site, torch.Tensor], rows: torch.Tensor, step: int,

@@ -6,25 +6,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from rich.console import Console
 
-from saedoctor.activations.outliers import GAMMA_HIGH, OutlierSeverity, outlier_severity
+from saedoctor.activations.moments import LazyMoments
+from saedoctor.activations.outliers import GAMMA_HIGH, OutlierSeverity, severity_of
 from saedoctor.diagnose.preflight_meta import CENTRING_INITS
 from saedoctor.sae.site import Site
 from saedoctor.train.sae_trainer import TrainableSAE
 
 
-def warn_outliers(console: Console, saes: list[Any], acts: dict[Site, torch.Tensor]) -> None:
-    """Print the warning line for `saes` (about to be initialised) when any input is high."""
-    line = outlier_warning([s for s in saes if isinstance(s, TrainableSAE)], acts)
+def warn_outliers(console: Console, saes: list[Any], stats: LazyMoments) -> None:
+    """Print the warning line for `saes` (about to be initialised) when any input is high;
+    `stats`: the moments of the pool's activations by site."""
+    line = outlier_warning([s for s in saes if isinstance(s, TrainableSAE)], stats)
     if line is not None:
         console.print(f"[bold yellow]warning[/]: {line}", highlight=False)
 
 
-def outlier_warning(saes: list[TrainableSAE], acts: dict[Site, torch.Tensor]) -> str | None:
+def outlier_warning(saes: list[TrainableSAE], stats: LazyMoments) -> str | None:
     """The warning's text, or None when every input site's γ is below GAMMA_HIGH."""
-    severities = {sae.site: outlier_severity(acts[sae.site]) for sae in saes}
+    severities = {sae.site: severity_of(stats[sae.site]) for sae in saes}
     high = [sae for sae in saes if severities[sae.site].high]
     if not high:
         return None

@@ -91,7 +91,10 @@ class TrainRanks:
         for p in params:
             if p.grad is None:  # a term without gradient on this step: zeros, like DDP
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
+            grad = p.grad.contiguous()  # collectives want one layout; W_enc's is latent-major
+            dist.all_reduce(grad)
+            if grad is not p.grad:
+                p.grad.copy_(grad)
             p.grad.div_(self.world.size)
 
     def reducer(self) -> Reducer | None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,22 +41,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saedoctor.activations.moments import LazyMoments, Moments
 from saedoctor.sae.arch import get_architecture
 from saedoctor.sae.codes import Codes
 from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
 from saedoctor.train.config import TRANSCODER_SITES, TrainConfig, d_sae_for
-from saedoctor.train.topk_encode import topk_encode
+from saedoctor.train.topk_encode import LatentOrder, sparse_decode, topk_encode
 
 DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
 ORTHO_SAMPLE_ROWS = 512
 GEOMEDIAN_TOKENS = 8192
-CHUNK64_ELEMENTS = 1 << 21  # float64 statistics of a pool: 16 MB of rows at a time
 # JumpReLU thresholds live on the activation scale (~1 after rescaling) and get gradients only
 # from tokens within a bandwidth of them: at the weights' learning rate they would move by
 # ~0.1 in a few hundred steps, so they learn 10x faster.
 THRESHOLD_LR_SCALE = 10.0
+# Checkpoints mark the orientation of W_enc's Adam moments (older ones hold them row-major)
+OPTIMIZER_LAYOUT = "w_enc_latent_major"
 _BUFFERS = ("since_fired", "density_ema", "scale", "batchtopk_threshold")
 _TRANSCODER_BUFFERS = (*_BUFFERS, "out_scale")
 
@@ -133,10 +134,13 @@ class TrainableSAE:
         self.base_lr = cfg.learning_rate or 2e-4 / math.sqrt(self.d_sae / 2**14)
         self.params = self._init_params()
         fused = self.device.type in ("cpu", "cuda")
-        groups = [{"params": [p for k, p in self.params.items() if k != "threshold"],
+        # What Adam steps: each parameter, or for the latent-major W_enc its contiguous
+        # transpose (same storage): the fused step would copy a strided tensor both ways.
+        self.stepped = {k: _dense_alias(p) for k, p in self.params.items()}
+        groups = [{"params": [p for k, p in self.stepped.items() if k != "threshold"],
                    "lr_scale": 1.0}]  # fmt: skip
         if "threshold" in self.params:
-            groups.append({"params": [self.params["threshold"]],
+            groups.append({"params": [self.stepped["threshold"]],
                            "lr_scale": THRESHOLD_LR_SCALE})  # fmt: skip
         self.opt = torch.optim.Adam(groups, lr=self.base_lr, fused=fused)
         self.since_fired = torch.zeros(self.d_sae, dtype=torch.int64, device=self.device)
@@ -165,7 +169,10 @@ class TrainableSAE:
             w_in = torch.randn(self.d_sae, self.d_in, generator=gen)
             w_in /= w_in.norm(dim=1, keepdim=True)
         params = {
-            "W_enc": (w_in.T * enc_scale).contiguous(),
+            # [d_in, d_sae] stored latent-major (column-major): the sparse encoder backward
+            # builds its gradient latent by latent, so it lands in this layout without the
+            # transpose copy (as large as W_enc) a row-major W_enc would need every step
+            "W_enc": (w_in * enc_scale).T.clone(memory_format=torch.preserve_format),
             "b_enc": torch.zeros(self.d_sae),
             "W_dec": w_dec,
             "b_dec": torch.zeros(self.d_out),
@@ -176,19 +183,24 @@ class TrainableSAE:
         return {k: torch.nn.Parameter(v.to(self.device)) for k, v in params.items()}
 
     @torch.no_grad()
-    def initialise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def initialise(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                   stats: LazyMoments | None = None) -> None:  # fmt: skip
         """Scales and b_dec from the first pool of raw activations `[n, d_in]` (and a
-        transcoder's targets `y [n, d_out]`)."""
+        transcoder's targets `y [n, d_out]`); `stats` holds their moments by site when the
+        caller shares them."""
         x = x.to(self.device)
-        mean = _mean64(x)
-        self.scale = _unit_variance_scale(x, mean, self.d_in)
-        target, target_mean = x, mean
+        if stats is None:
+            stats = LazyMoments({self.site: x, self.output_site: x if y is None else y})
+        x_moments = stats[self.site]
+        self.scale = _unit_variance_scale(x_moments, self.d_in)
+        target, target_mean = x, x_moments.mean
         if self.transcoder:
             if y is None:
                 raise ValueError(f"{self.name}: a transcoder needs its target activations")
             target = y.to(self.device)
-            target_mean = _mean64(target)
-        self.out_scale = (_unit_variance_scale(target, target_mean, self.d_out)
+            y_moments = stats[self.output_site]
+            target_mean = y_moments.mean
+        self.out_scale = (_unit_variance_scale(y_moments, self.d_out)
                           if self.transcoder else self.scale)  # fmt: skip
         s = float(self.out_scale)
         init = self.cfg.b_dec_init
@@ -225,6 +237,13 @@ class TrainableSAE:
         # [d_sae, d_in] input-gradient matmul autograd would otherwise run.
         return pre.float() + (b_dec.detach() - b_dec) @ p["W_enc"] + p["b_enc"]
 
+    def _decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor,
+                       order: LatentOrder | None) -> torch.Tensor:  # fmt: skip
+        w_dec, b_dec = self.params["W_dec"], self.params["b_dec"]
+        if order is not None:  # the sparse TopK path: its backward shares the encoder's sort
+            return sparse_decode(vals, idx, w_dec, order) + b_dec
+        return F.embedding_bag(idx, w_dec, per_sample_weights=vals, mode="sum") + b_dec
+
     def _decode_dense(self, acts: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             out = acts @ self.params["W_dec"]
@@ -260,10 +279,12 @@ class TrainableSAE:
         y = acts[self.output_site][rows]
         return y, self.micro_step(x, step, scale_loss, y)
 
-    def initialise_from(self, acts: dict[Site, torch.Tensor]) -> None:
-        """`initialise` from a pool's activations at this dictionary's sites."""
+    def initialise_from(self, acts: dict[Site, torch.Tensor],
+                        stats: LazyMoments | None = None) -> None:  # fmt: skip
+        """`initialise` from a pool's activations at this dictionary's sites (`stats`: their
+        moments, shared by every dictionary of the pool)."""
         y = acts[self.output_site] if self.transcoder else None
-        self.initialise(acts[self.site], y)
+        self.initialise(acts[self.site], y, stats)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Forward:
         """Codes and reconstruction of raw `x` (rescaled), and the activation's own terms."""
@@ -273,16 +294,17 @@ class TrainableSAE:
         terms: dict[str, torch.Tensor] = {}
         if self._sparse_topk:
             b_dec = None if self.transcoder else p["b_dec"]
+            order = LatentOrder()  # one sort of the firings for both backward passes
             codes_vals, codes_idx, pre = topk_encode(xs, b_dec, p["W_enc"], p["b_enc"],
-                                                     self.cfg.top_k)  # fmt: skip
+                                                     self.cfg.top_k, order)  # fmt: skip
         else:
+            order = None
             pre = self._encode(xs)
             codes_vals, codes_idx = self.architecture.train_codes(self, pre, terms)
         norms = p["W_dec"].norm(dim=1) if self._needs_weighted() else None
         weighted = None
         if codes_idx is not None:
-            x_hat = F.embedding_bag(codes_idx, p["W_dec"], per_sample_weights=codes_vals,
-                                    mode="sum") + p["b_dec"]  # fmt: skip
+            x_hat = self._decode_sparse(codes_vals, codes_idx, order)
             if norms is not None:
                 weighted = codes_vals * norms[codes_idx]
         else:
@@ -385,8 +407,14 @@ class TrainableSAE:
         with torch.no_grad():
             if w.grad is not None:  # keep updates tangent to the unit sphere
                 w.grad.addcmul_((w.grad * w).sum(1, keepdim=True), w, value=-1)
+        for k, alias in self.stepped.items():
+            if alias is not self.params[k]:
+                grad = self.params[k].grad
+                alias.grad = grad.T if grad is not None else None
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        for param in self.params.values():
+            param.grad = None
         with torch.no_grad():
             w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-8))
             if "threshold" in self.params:
@@ -402,6 +430,7 @@ class TrainableSAE:
         return {
             "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "optimizer": self.opt.state_dict(),
+            "layout": OPTIMIZER_LAYOUT,
             "buffers": {k: getattr(self, k).detach().cpu().clone() for k in self._buffers},
             "initialised": self.initialised,
         }
@@ -411,6 +440,9 @@ class TrainableSAE:
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
         self.opt.load_state_dict(state["optimizer"])
+        alias = self.stepped["W_enc"]
+        if state.get("layout") != OPTIMIZER_LAYOUT and alias is not self.params["W_enc"]:
+            _transpose_moments(self.opt, alias)  # moments saved for a row-major W_enc
         for k in self._buffers:
             value = state["buffers"][k]
             keep_device = k in ("since_fired", "density_ema")
@@ -470,26 +502,23 @@ class TrainableSAE:
         return sae.requires_grad_(False)
 
 
-def _chunks64(x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """`x`'s rows in float64, a few MB at a time: a float64 copy of a whole pool (150 MB for
-    32k tokens of width 576) is fresh memory the OS must fault in page by page."""
-    rows = max(1, CHUNK64_ELEMENTS // max(1, x.shape[1]))
-    for start in range(0, x.shape[0], rows):
-        yield x[start : start + rows].double()
+def _dense_alias(param: torch.nn.Parameter) -> torch.Tensor:
+    """`param`, or a contiguous leaf view of its transpose when only that is contiguous."""
+    if param.is_contiguous() or param.dim() != 2 or not param.T.is_contiguous():
+        return param
+    return param.detach().T.requires_grad_()
 
 
-def _mean64(x: torch.Tensor) -> torch.Tensor:
-    """Column means of `x [n, d]`, accumulated in float64."""
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for chunk in _chunks64(x):
-        total += chunk.sum(0)
-    return total / x.shape[0]
+def _transpose_moments(opt: torch.optim.Optimizer, alias: torch.Tensor) -> None:
+    """Adam moments a checkpoint holds in W_enc's `[d_in, d_sae]` orientation, turned to the
+    stepped alias's `[d_sae, d_in]`."""
+    state = opt.state.get(alias, {})
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() == 2:
+            state[key] = value.T.contiguous()
 
 
-def _unit_variance_scale(x: torch.Tensor, mean: torch.Tensor, width: int) -> torch.Tensor:
+def _unit_variance_scale(m: Moments, width: int) -> torch.Tensor:
     """`s` with `E‖s·(x - mean)‖² = width`: unit variance per dimension on average (float64)."""
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for chunk in _chunks64(x):
-        total += (chunk - mean).pow(2).sum()
-    var = (total / x.shape[0]).clamp_min(1e-12)
-    return torch.sqrt(width / var).cpu()
+    var = max(m.total_variance, 1e-12)
+    return torch.sqrt(torch.tensor(width / var, dtype=torch.float64))

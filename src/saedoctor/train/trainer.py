@@ -26,6 +26,7 @@ import torch
 from rich.console import Console, Group
 from rich.live import Live
 
+from saedoctor.activations.moments import LazyMoments
 from saedoctor.distributed import World
 from saedoctor.errors import InputError
 from saedoctor.progress import stderr_console
@@ -345,10 +346,11 @@ class Trainer:
 
     def _initialise(self, pool: Pool) -> None:
         todo = [sae for sae in self.saes.values() if not sae.initialised]
+        stats = LazyMoments(pool.acts)  # one pass per site, shared by the check and every SAE
         if todo and self.ranks.is_main:  # before the first step: activation outliers
-            warn_outliers(self.console, todo, pool.acts)
+            warn_outliers(self.console, todo, stats)
         for sae in todo:
-            sae.initialise_from(pool.acts)
+            sae.initialise_from(pool.acts, stats)
 
     def _micro(self, pool: Pool, rows: torch.Tensor) -> None:
         step, scale = self.progress.step, 1.0 / self.cfg.gradient_accumulation
