@@ -370,7 +370,7 @@ def _part(event: Any) -> str:
         if any("TopKEncodeBackward" in n or "MmBackward" in n or "AddmmBackward" in n
                or "TopkBackward" in n for n in chain):  # fmt: skip
             return "encoder backward"
-        if any("EmbeddingBagBackward" in n for n in chain):
+        if any("EmbeddingBagBackward" in n or "SparseDecodeBackward" in n for n in chain):
             return "decoder backward"
         return "other backward"
     name = event.name
