@@ -553,7 +553,27 @@ def untested(cases: list[C.Case], diagnosed: dict[str, list[dict]]) -> dict[str,
         anywhere = sorted(c.name for c in cases
                           if any(rule in fired(d, c) for d in diagnosed[c.name]))  # fmt: skip
         out[rule] = {"metric": metric, "baselines": values, "fired_on": anywhere}
+    if "high_absorption" in out:
+        out["high_absorption"]["at_initialisation"] = initial_absorption()
     return out
+
+
+def initial_absorption() -> dict[str, Any]:
+    """The absorption of the general preset's decoder before any step (random unit rows), per
+    seed: how far the trained baselines' decoders have moved from it."""
+    from saedoctor.metrics.absorption import decoder_absorption
+    from saedoctor.sae.site import Site
+    from saedoctor.train.config import TrainConfig
+    from saedoctor.train.sae_trainer import TrainableSAE
+
+    values = []
+    for seed in range(3):
+        cfg = TrainConfig(layers=[10], seed=seed, **{k: v for k, v in C.GENERAL.items()})
+        sae = TrainableSAE("init", Site(10), cfg, d_in=576, total_steps=1)
+        w_dec = sae.params["W_dec"].detach()
+        alive = torch.ones(w_dec.shape[0], dtype=torch.bool)
+        values.append(decoder_absorption(w_dec, alive)["absorption"])
+    return {"about": "general preset, block 10, before the first step", "seeds": values}
 
 
 def not_fired(cases: list[C.Case], diagnosed: dict[str, list[dict]]) -> list[dict[str, Any]]:
