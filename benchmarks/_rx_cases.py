@@ -3,8 +3,8 @@ metric each rule targets, and the guide's recommendations (benchmarks/prescripti
 
 Every baseline is a config someone could plausibly train, not a sabotaged one: b_dec left at
 zero without AuxK at a late layer, the guide's own penalties on a ReLU SAE, the guide's
-top_k 16, a dictionary of 32 latents per dimension on a small budget, an SAE trained on code
-and used on prose, and one preset applied unchanged at every depth.
+top_k 16, an SAE trained on code and used on prose, and one preset applied unchanged from
+block 10 to the last block.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ CASES: tuple[Case, ...] = (
          "the general preset at block 22 with the guide's top_k 16",
          (22,), DOCS_TRAIN, {**GENERAL, "top_k": 16}, ("l0_too_low",)),
     Case("preset_every_depth",
-         "the general preset unchanged at blocks 10, 22 and 28",
-         (10, 22, 28), DOCS_TRAIN, dict(GENERAL), ("late_layer_reconstruction",),
+         "the general preset unchanged at blocks 10, 22 and 29 (the last)",
+         (10, 22, 29), DOCS_TRAIN, dict(GENERAL), ("late_layer_reconstruction",),
          extras={"top_k=64 at the late layer": {"top_k": 64},
                  "the guide's late-layer settings (expansion_factor 1 for 0.15, "
                  "sparsity_penalty 0.002)": {"expansion_factor": 1,

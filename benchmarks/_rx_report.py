@@ -64,7 +64,7 @@ def _guide(guide: dict[str, Any]) -> list[str]:
     for key, v in guide["domain"].items():
         lines.append(verdict_row("domain (python-code)", key, v))
     for key, v in (guide.get("per_layer") or {}).items():
-        lines.append(verdict_row("block 28", key, v))
+        lines.append(verdict_row(f"block {guide.get('late_block')}", key, v))
     lines += ["", f"expansion_factor 0.25: `{guide['expansion_below_one']['refused']['error']}`"]
     return lines
 
@@ -126,7 +126,8 @@ def fig_tables(result: dict[str, Any]) -> str:
         lines.append(f"| {key} (python-code) | {v['metric']} | {_cells(path, v)} |")
     for key, v in (guide.get("per_layer") or {}).items():
         path = f'guide.per_layer["{key}"]'
-        lines.append(f"| {key} (block 28, vs the preset there) | {v['metric']} | "
+        lines.append(f"| {key} (block {guide.get('late_block')}, vs the preset there) | "
+                     f"{v['metric']} | "
                      f"{_cells(path, v)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -651,6 +651,7 @@ def guide_section(store: Store, seeds: list[int], guides: list[C.GuideArm], refe
         "domain": domain,
         "domain_data": verdicts.get("data_mismatch", {}).get("dataset"),
         "per_layer": per_layer,
+        "late_block": max(sweep) if sweep else None,
         "presets": {"general": reference.id, "domain": ref.id},
     }  # fmt: skip
 
