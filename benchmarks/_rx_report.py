@@ -132,7 +132,6 @@ def fig_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def _mark(v: dict[str, Any]) -> str:
     if v.get("prescribed", True):
         return ""

@@ -568,7 +568,7 @@ def initial_absorption() -> dict[str, Any]:
 
     values = []
     for seed in range(3):
-        cfg = TrainConfig(layers=[10], seed=seed, **{k: v for k, v in C.GENERAL.items()})
+        cfg = TrainConfig(layers=[10], seed=seed, **C.GENERAL)
         sae = TrainableSAE("init", Site(10), cfg, d_in=576, total_steps=1)
         w_dec = sae.params["W_dec"].detach()
         alive = torch.ones(w_dec.shape[0], dtype=torch.bool)

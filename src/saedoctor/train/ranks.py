@@ -31,6 +31,7 @@ import torch
 
 from saedoctor.distributed import World, init, world
 from saedoctor.errors import InputError
+from saedoctor.train.layout import dense_view
 
 
 def _dist() -> Any:
@@ -91,10 +92,7 @@ class TrainRanks:
         for p in params:
             if p.grad is None:  # a term without gradient on this step: zeros, like DDP
                 p.grad = torch.zeros_like(p)
-            grad = p.grad.contiguous()  # collectives want one layout; W_enc's is latent-major
-            dist.all_reduce(grad)
-            if grad is not p.grad:
-                p.grad.copy_(grad)
+            dist.all_reduce(dense_view(p.grad))  # in place: a view shares the gradient
             p.grad.div_(self.world.size)
 
     def reducer(self) -> Reducer | None:
@@ -189,3 +187,4 @@ def train_ranks(device: str, distribute_layers: bool, n_saes: int,
 def no_interrupt_mid_pool(ranks: TrainRanks, check: Callable[[], bool]) -> Callable[[], bool]:
     """A pool fill under torchrun stops only between steps, where the ranks agree on it."""
     return (lambda: False) if ranks.active else check
+

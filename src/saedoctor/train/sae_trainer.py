@@ -48,6 +48,7 @@ from saedoctor.sae.loaders import save_sae
 from saedoctor.sae.model import SAE, SAEConfig
 from saedoctor.sae.site import Site
 from saedoctor.train.config import TRANSCODER_SITES, TrainConfig, d_sae_for
+from saedoctor.train.layout import dense_view
 from saedoctor.train.topk_encode import LatentOrder, sparse_decode, topk_encode
 
 DENSITY_WINDOW_TOKENS = 16_384  # time constant of the running firing density (diversity loss)
@@ -192,7 +193,7 @@ class TrainableSAE:
         if stats is None:
             stats = LazyMoments({self.site: x, self.output_site: x if y is None else y})
         x_moments = stats[self.site]
-        self.scale = _unit_variance_scale(x_moments, self.d_in)
+        self.scale = self.out_scale = _unit_variance_scale(x_moments, self.d_in)
         target, target_mean = x, x_moments.mean
         if self.transcoder:
             if y is None:
@@ -200,8 +201,7 @@ class TrainableSAE:
             target = y.to(self.device)
             y_moments = stats[self.output_site]
             target_mean = y_moments.mean
-        self.out_scale = (_unit_variance_scale(y_moments, self.d_out)
-                          if self.transcoder else self.scale)  # fmt: skip
+            self.out_scale = _unit_variance_scale(y_moments, self.d_out)
         s = float(self.out_scale)
         init = self.cfg.b_dec_init
         if init == "mean":
@@ -410,7 +410,7 @@ class TrainableSAE:
         for k, alias in self.stepped.items():
             if alias is not self.params[k]:
                 grad = self.params[k].grad
-                alias.grad = grad.T if grad is not None else None
+                alias.grad = grad.T if grad is not None else None  # the alias is param.T
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         for param in self.params.values():
@@ -503,10 +503,9 @@ class TrainableSAE:
 
 
 def _dense_alias(param: torch.nn.Parameter) -> torch.Tensor:
-    """`param`, or a contiguous leaf view of its transpose when only that is contiguous."""
-    if param.is_contiguous() or param.dim() != 2 or not param.T.is_contiguous():
-        return param
-    return param.detach().T.requires_grad_()
+    """`param`, or a leaf sharing its memory in the contiguous layout `dense_view` finds."""
+    view = dense_view(param)
+    return param if view is param else view.detach().requires_grad_()
 
 
 def _transpose_moments(opt: torch.optim.Optimizer, alias: torch.Tensor) -> None:

@@ -69,7 +69,8 @@ def _from_comparison(
     if not shifted and not big and not own:
         return None
     main, other = main_name or "the main corpus", other_name or "the compare corpus"
-    severity = _severity({**big, **own}, ctx)
+    changed = {**big, **own}
+    severity = _severity(changed, ctx)
     evidence = _comparison_evidence(entry, comparison, jsd, main, other)
     if own:
         evidence.append(
@@ -86,7 +87,7 @@ def _from_comparison(
         "the other and reconstruction changes. An SAE only learns the directions its "
         "training data exercises, so on another domain it falls back on generic, dense "
         "features. Train (or fine-tune) it on the domain you will analyse.",
-        _dataset(entry, _worse_corpus(entry, main_name, other_name, {**big, **own})),
+        _dataset(entry, _worse_corpus(entry, main_name, other_name, changed)),
     )
 
 
